@@ -1,0 +1,314 @@
+//! `inference.GRPCInferenceService` over the core API. The only place core errors become
+//! gRPC status codes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use super::convert::{decode_infer_request, encode_infer_response, encode_statistics};
+use crate::core::{Core, EXTENSIONS};
+use crate::error::InferError;
+use crate::proto::inference as pb;
+use crate::proto::inference::grpc_inference_service_server::GrpcInferenceService;
+
+impl From<InferError> for Status {
+    fn from(e: InferError) -> Status {
+        let msg = e.to_string();
+        match e {
+            InferError::InvalidArgument(_) => Status::invalid_argument(msg),
+            InferError::NotFound(_) => Status::not_found(msg),
+            InferError::Unavailable(_) => Status::unavailable(msg),
+            InferError::Unsupported(_) => Status::unimplemented(msg),
+            InferError::Cancelled(_) => Status::cancelled(msg),
+            InferError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
+            InferError::Exec(crate::executor::ExecError::InvalidInput(_)) => {
+                Status::invalid_argument(msg)
+            }
+            InferError::Exec(_) | InferError::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+/// Parses the `grpc-timeout` header ("100m", "5S", ...) into a duration.
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented by Switchyard yet"))
+}
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct GrpcService {
+    core: Arc<Core>,
+}
+
+impl GrpcService {
+    pub fn new(core: Arc<Core>) -> Self {
+        GrpcService { core }
+    }
+}
+
+type ResponseStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcService {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse {
+            live: self.core.live(),
+        }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.core.ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        req: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(pb::ModelReadyResponse {
+            ready: self.core.model_ready(&r.name, &r.version),
+        }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: self.core.id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = req.into_inner();
+        let m = self.core.model(&r.name, &r.version)?;
+        let spec = &m.spec;
+        let meta = |io: &crate::model::IoSpec| pb::model_metadata_response::TensorMetadata {
+            name: io.name.clone(),
+            datatype: io.dtype.wire_name().to_string(),
+            shape: spec.api_dims(io),
+        };
+        let platform = if m.config.platform.is_empty() {
+            m.config.backend.clone()
+        } else {
+            m.config.platform.clone()
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: spec.name.clone(),
+            versions: self
+                .core
+                .ready_versions(&r.name)
+                .iter()
+                .map(i64::to_string)
+                .collect(),
+            platform,
+            inputs: spec.inputs.iter().map(meta).collect(),
+            outputs: spec.outputs.iter().map(meta).collect(),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        req: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let deadline = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .and_then(|d| Instant::now().checked_add(d));
+        let request = decode_infer_request(req.into_inner())?;
+        let response = self.core.infer(request, deadline).await?;
+        Ok(Response::new(encode_infer_response(response)))
+    }
+
+    type ModelStreamInferStream = ResponseStream;
+
+    async fn model_stream_infer(
+        &self,
+        _: Request<tonic::Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        Err(unimplemented("ModelStreamInfer"))
+    }
+
+    async fn model_config(
+        &self,
+        req: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let r = req.into_inner();
+        let config = self.core.model_config(&r.name, &r.version)?;
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some((*config).clone()),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        req: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let r = req.into_inner();
+        let stats = self.core.statistics(&r.name, &r.version)?;
+        Ok(Response::new(pb::ModelStatisticsResponse {
+            model_stats: stats.into_iter().map(encode_statistics).collect(),
+        }))
+    }
+
+    async fn repository_index(
+        &self,
+        req: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let r = req.into_inner();
+        if !r.repository_name.is_empty() {
+            return Err(Status::unimplemented(
+                "repository_name must be empty: Switchyard serves one repository",
+            ));
+        }
+        let models = self
+            .core
+            .index(r.ready)
+            .into_iter()
+            .map(|e| pb::repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version,
+                state: e.state,
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        _: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        Err(unimplemented("RepositoryModelLoad"))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        _: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        Err(unimplemented("RepositoryModelUnload"))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
+        Err(unimplemented("SystemSharedMemoryStatus"))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        Err(unimplemented("SystemSharedMemoryRegister"))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        Err(unimplemented("SystemSharedMemoryUnregister"))
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
+        Err(unimplemented("CudaSharedMemoryStatus"))
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
+        Err(unimplemented("CudaSharedMemoryRegister"))
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
+        Err(unimplemented("CudaSharedMemoryUnregister"))
+    }
+
+    async fn trace_setting(
+        &self,
+        _: Request<pb::TraceSettingRequest>,
+    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        Err(unimplemented("TraceSetting"))
+    }
+
+    async fn log_settings(
+        &self,
+        _: Request<pb::LogSettingsRequest>,
+    ) -> Result<Response<pb::LogSettingsResponse>, Status> {
+        Err(unimplemented("LogSettings"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5"), None);
+        assert_eq!(parse_grpc_timeout("12x"), None);
+        assert_eq!(parse_grpc_timeout("1234567890S"), None);
+    }
+
+    #[test]
+    fn status_mapping() {
+        assert_eq!(
+            Status::from(InferError::invalid("x")).code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            Status::from(InferError::NotFound("x".into())).code(),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            Status::from(InferError::Unavailable("x".into())).code(),
+            tonic::Code::Unavailable
+        );
+    }
+}

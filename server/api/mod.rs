@@ -1,0 +1,5 @@
+//! Front ends: wire formats in, core calls, wire formats out. Proto types stop here.
+
+pub mod convert;
+pub mod grpc;
+pub mod health;

@@ -1,0 +1,145 @@
+//! Process flags. Names and defaults follow `tritonserver` where a flag applies, so existing
+//! launch scripts keep working. Nothing outside this module reads the environment.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+/// Triton accepts `true/false`, `on/off` and `1/0`, case-insensitively.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "on" | "1" | "yes" => Ok(true),
+        "false" | "off" | "0" | "no" => Ok(false),
+        other => Err(format!("expected true/false, on/off or 1/0, got '{other}'")),
+    }
+}
+
+/// Switchyard: a Triton-compatible inference server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Args {
+    /// Path of the model repository (Triton layout: <model>/config.pbtxt, <model>/<version>/).
+    #[arg(long, alias = "model-store", env = "SWITCHYARD_MODEL_REPOSITORY")]
+    pub model_repository: PathBuf,
+
+    /// Address the gRPC endpoint binds.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub grpc_address: IpAddr,
+    /// Port of the gRPC endpoint (KServe v2 / Triton protocol). 0 picks a free port.
+    #[arg(long, default_value_t = 8001)]
+    pub grpc_port: u16,
+    /// Serve gRPC.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_grpc: bool,
+    /// Largest gRPC message accepted or sent, in bytes (Triton uses INT32_MAX).
+    #[arg(long, default_value_t = i32::MAX as usize)]
+    pub grpc_max_message_bytes: usize,
+
+    /// Port of the HTTP endpoint. Accepted for compatibility; HTTP is not served yet.
+    #[arg(long, default_value_t = 8000)]
+    pub http_port: u16,
+    /// Address of the HTTP endpoint. Accepted for compatibility; HTTP is not served yet.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub http_address: IpAddr,
+    /// Serve HTTP. Accepted for compatibility; HTTP is not served yet.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_http: bool,
+    /// Port of the Prometheus endpoint. Accepted for compatibility; metrics are not served yet.
+    #[arg(long, default_value_t = 8002)]
+    pub metrics_port: u16,
+    /// Serve metrics. Accepted for compatibility; metrics are not served yet.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_metrics: bool,
+
+    /// Server identifier reported by ServerMetadata (`name`).
+    #[arg(long, default_value = "triton")]
+    pub id: String,
+    /// Exit at startup if any model fails to load.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    pub exit_on_error: bool,
+    /// Report the server ready only when every model loaded.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    pub strict_readiness: bool,
+    /// Model control mode. Only `none` is implemented so far: load everything at startup.
+    #[arg(long, default_value = "none", value_parser = ["none"])]
+    pub model_control_mode: String,
+    /// Do not fill in missing inputs, outputs and max_batch_size from the model file.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    pub disable_auto_complete_config: bool,
+    /// Seconds to wait for in-flight requests at shutdown.
+    #[arg(long, default_value_t = 30)]
+    pub exit_timeout_secs: u64,
+    /// Verbose logging level (0 = info, 1 = debug, 2+ = trace).
+    #[arg(long, default_value_t = 0)]
+    pub log_verbose: u32,
+
+    /// Path of ONNX Runtime's shared library (libonnxruntime.so), loaded at run time.
+    #[arg(long, env = "ORT_DYLIB_PATH", default_value = "libonnxruntime.so")]
+    pub ort_library: PathBuf,
+    /// ONNX Runtime intra-op threads per instance when the model does not set the
+    /// `intra_op_thread_count` parameter; 0 lets ONNX Runtime choose.
+    #[arg(long, default_value_t = 0)]
+    pub ort_intra_op_threads: usize,
+    /// Requests queued per model version before new ones are refused with UNAVAILABLE
+    /// "Exceeds maximum queue size" (a config's `max_queue_size` takes precedence).
+    #[arg(long, default_value_t = 4096)]
+    pub max_pending_requests: usize,
+}
+
+/// The part of [`Args`] that model loading needs.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub auto_complete: bool,
+    pub intra_op_threads: usize,
+    pub max_pending_requests: usize,
+}
+
+impl Args {
+    /// Options for the model repository.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            auto_complete: !self.disable_auto_complete_config,
+            intra_op_threads: self.ort_intra_op_threads,
+            max_pending_requests: self.max_pending_requests,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triton_flag_spellings_parse() {
+        let a = Args::try_parse_from([
+            "switchyard",
+            "--model-repository=/m",
+            "--exit-on-error=false",
+            "--strict-readiness",
+            "off",
+            "--grpc-port=0",
+        ])
+        .unwrap();
+        assert!(!a.exit_on_error);
+        assert!(!a.strict_readiness);
+        assert_eq!(a.grpc_port, 0);
+        assert_eq!(a.id, "triton");
+        assert_eq!(a.exit_timeout_secs, 30);
+        let b =
+            Args::try_parse_from(["switchyard", "--model-store", "/m", "--exit-on-error"]).unwrap();
+        assert!(b.exit_on_error);
+        assert!(Args::try_parse_from([
+            "switchyard",
+            "--model-repository=/m",
+            "--exit-on-error=maybe"
+        ])
+        .is_err());
+        assert!(Args::try_parse_from([
+            "switchyard",
+            "--model-repository=/m",
+            "--model-control-mode=poll"
+        ])
+        .is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! The core API both front ends call: health, metadata, statistics, the repository index and
+//! inference. Front ends decode their wire format, call one method here and encode the
+//! answer; nothing else.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::error::InferError;
+use crate::proto::inference::ModelConfig;
+use crate::repository::{IndexEntry, ModelRepository, ModelVersion, VersionState};
+use crate::request::{validate, InferRequest, InferResponse};
+use crate::scheduler::Job;
+use crate::stats::StatsSnapshot;
+
+/// Protocol extensions ServerMetadata reports (perf_analyzer reads "statistics").
+pub const EXTENSIONS: [&str; 3] = ["model_configuration", "statistics", "schedule_policy"];
+
+/// Statistics of one model version.
+#[derive(Debug, Clone)]
+pub struct VersionStats {
+    pub name: String,
+    pub version: i64,
+    pub stats: StatsSnapshot,
+}
+
+/// The server's shared state.
+#[derive(Debug)]
+pub struct Core {
+    pub repository: ModelRepository,
+    /// ServerMetadata name (`--id`).
+    pub id: String,
+    strict_readiness: bool,
+    /// False once shutdown starts: readiness drops and new inference is refused.
+    accepting: AtomicBool,
+}
+
+impl Core {
+    pub fn new(repository: ModelRepository, id: String, strict_readiness: bool) -> Arc<Self> {
+        Arc::new(Core {
+            repository,
+            id,
+            strict_readiness,
+            accepting: AtomicBool::new(true),
+        })
+    }
+
+    /// Liveness: true while the process serves.
+    pub fn live(&self) -> bool {
+        true
+    }
+
+    /// Readiness: not shutting down and, with strict readiness, every model fully loaded.
+    pub fn ready(&self) -> bool {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return false;
+        }
+        !self.strict_readiness || self.repository.entries().iter().all(|e| e.all_ready())
+    }
+
+    /// Stops taking new inference requests; readiness goes false.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Is this model (version) ready? Unknown models are simply not ready.
+    pub fn model_ready(&self, name: &str, version: &str) -> bool {
+        self.accepting.load(Ordering::SeqCst) && self.repository.get(name, version).is_ok()
+    }
+
+    /// The serving version for metadata, config and inference.
+    pub fn model(&self, name: &str, version: &str) -> Result<Arc<ModelVersion>, InferError> {
+        self.repository.get(name, version)
+    }
+
+    /// Every version number of `name` that is READY, ascending.
+    pub fn ready_versions(&self, name: &str) -> Vec<i64> {
+        self.repository
+            .entry(name)
+            .map(|e| {
+                e.versions
+                    .iter()
+                    .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
+                    .map(|(v, _)| *v)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The normalised config of a model; like Triton, the version picks which one.
+    pub fn model_config(&self, name: &str, version: &str) -> Result<Arc<ModelConfig>, InferError> {
+        Ok(self.model(name, version)?.config.clone())
+    }
+
+    /// Statistics: an empty name means every model, an empty version every ready version.
+    pub fn statistics(&self, name: &str, version: &str) -> Result<Vec<VersionStats>, InferError> {
+        let collect = |entry: &crate::repository::ModelEntry| -> Vec<VersionStats> {
+            entry
+                .versions
+                .iter()
+                .filter_map(|(v, s)| match s {
+                    VersionState::Ready(m) => Some(VersionStats {
+                        name: entry.name.clone(),
+                        version: *v,
+                        stats: m.stats.snapshot(),
+                    }),
+                    VersionState::Unavailable(_) => None,
+                })
+                .collect()
+        };
+        if name.is_empty() {
+            return Ok(self
+                .repository
+                .entries()
+                .iter()
+                .flat_map(|e| collect(e))
+                .collect());
+        }
+        if version.is_empty() {
+            let entry = self.repository.entry(name).ok_or_else(|| {
+                InferError::NotFound(format!("Request for unknown model: '{name}' is not found"))
+            })?;
+            let rows = collect(&entry);
+            if rows.is_empty() {
+                return Err(InferError::Unavailable(format!(
+                    "Request for unknown model: '{name}' has no available versions"
+                )));
+            }
+            return Ok(rows);
+        }
+        let m = self.model(name, version)?;
+        Ok(vec![VersionStats {
+            name: name.to_string(),
+            version: m.spec.version,
+            stats: m.stats.snapshot(),
+        }])
+    }
+
+    /// RepositoryIndex rows.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        self.repository.index(ready_only)
+    }
+
+    /// Runs one inference: resolve the version, validate, queue, await the instance.
+    /// Dropping the returned future (client gone) leaves the queued job to be skipped.
+    pub async fn infer(
+        &self,
+        req: InferRequest,
+        deadline: Option<Instant>,
+    ) -> Result<InferResponse, InferError> {
+        let received = Instant::now();
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(InferError::Unavailable(
+                "Server is stopping, new inference requests are refused".into(),
+            ));
+        }
+        let version = self.model(&req.model_name, &req.model_version)?;
+        let request = validate(req, &version.spec)?;
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            request,
+            reply,
+            received,
+            enqueued: Instant::now(),
+            deadline,
+        };
+        if let Err(e) = version.enqueue(job) {
+            version.stats.record_failure(received.elapsed());
+            return Err(e);
+        }
+        // `version` stays alive until the answer arrives, so a drain never drops this request.
+        let result = rx.await.unwrap_or_else(|_| {
+            Err(InferError::Internal(
+                "the model instance stopped before answering".into(),
+            ))
+        });
+        drop(version);
+        result
+    }
+}

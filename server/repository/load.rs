@@ -1,0 +1,377 @@
+//! Loading one model directory: config, version selection, engines, instances.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use super::autocomplete::{auto_complete, model_spec, normalize};
+use super::pbtxt::parse_model_config;
+use super::{ModelEntry, ModelVersion, VersionState};
+use crate::config::LoadOptions;
+use crate::executor::instance::spawn_instance;
+use crate::executor::onnx::OnnxEngine;
+use crate::executor::Engine;
+use crate::proto::inference::{
+    model_instance_group::Kind, model_version_policy::PolicyChoice, ModelConfig,
+};
+use crate::scheduler::Scheduler;
+use crate::stats::ModelStats;
+
+const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
+
+/// Loads model `name` from `root`. Never fails: problems become UNAVAILABLE states.
+pub fn load_model(root: &Path, name: &str, options: &LoadOptions) -> ModelEntry {
+    let started = std::time::Instant::now();
+    let entry = match load_config(root, name, options) {
+        Err(error) => ModelEntry {
+            name: name.to_string(),
+            config: None,
+            versions: BTreeMap::new(),
+            error: Some(error),
+        },
+        Ok((config, has_mbs)) => load_versions(root, name, config, has_mbs, options),
+    };
+    match &entry.error {
+        Some(e) => tracing::error!(model = name, error = %e, "failed to load model"),
+        None => {
+            for (v, s) in &entry.versions {
+                match s {
+                    VersionState::Ready(m) => tracing::info!(
+                        model = name,
+                        version = v,
+                        instances = m.instance_count(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "loaded model version"
+                    ),
+                    VersionState::Unavailable(r) => {
+                        tracing::error!(model = name, version = v, error = %r, "failed to load model version")
+                    }
+                }
+            }
+        }
+    }
+    entry
+}
+
+fn load_config(
+    root: &Path,
+    name: &str,
+    options: &LoadOptions,
+) -> Result<(ModelConfig, bool), String> {
+    let path = root.join(name).join("config.pbtxt");
+    let (mut config, has_mbs) = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let parsed = parse_model_config(&text).map_err(|e| format!("model '{name}': {e}"))?;
+            (parsed.config, parsed.has_max_batch_size)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && options.auto_complete => {
+            (ModelConfig::default(), false)
+        }
+        Err(e) => {
+            return Err(format!(
+                "model '{name}': cannot read {}: {e}",
+                path.display()
+            ))
+        }
+    };
+    if config.name.is_empty() {
+        config.name = name.to_string();
+    } else if config.name != name {
+        return Err(format!(
+            "model '{name}': config name '{}' does not match the model directory name '{name}'",
+            config.name
+        ));
+    }
+    if config.platform.is_empty() && config.backend.is_empty() {
+        config.platform = "onnxruntime_onnx".into();
+    }
+    let platform_ok = matches!(config.platform.as_str(), "" | "onnxruntime_onnx");
+    let backend_ok = matches!(config.backend.as_str(), "" | "onnxruntime");
+    if !platform_ok || !backend_ok {
+        return Err(format!(
+            "model '{name}': unsupported platform '{}' / backend '{}'; Switchyard serves platform 'onnxruntime_onnx' (backend 'onnxruntime')",
+            config.platform, config.backend
+        ));
+    }
+    for g in &config.instance_group {
+        if g.kind == Kind::Gpu as i32 {
+            return Err(format!(
+                "model '{name}': instance group '{}' asks for KIND_GPU, but {}",
+                g.name,
+                switchyard_kernels::gpu_support().reason()
+            ));
+        }
+    }
+    Ok((config, has_mbs))
+}
+
+/// Numeric version directories without a leading zero.
+fn version_dirs(model_dir: &Path) -> Vec<i64> {
+    let Ok(rd) = std::fs::read_dir(model_dir) else {
+        return Vec::new();
+    };
+    let mut versions: Vec<i64> = rd
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('0') && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    versions
+}
+
+/// Applies `version_policy` to the versions on disk.
+pub fn select_versions(config: &ModelConfig, available: &[i64]) -> Vec<i64> {
+    match config
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref())
+    {
+        Some(PolicyChoice::All(_)) => available.to_vec(),
+        Some(PolicyChoice::Specific(s)) => available
+            .iter()
+            .copied()
+            .filter(|v| s.versions.contains(v))
+            .collect(),
+        Some(PolicyChoice::Latest(l)) => {
+            let n = l.num_versions.max(1) as usize;
+            available[available.len().saturating_sub(n)..].to_vec()
+        }
+        None => available[available.len().saturating_sub(1)..].to_vec(),
+    }
+}
+
+/// The model file of a version: `default_model_filename` (or `model.onnx`) inside the version
+/// directory, never outside it. A directory holding `model.onnx` is accepted too.
+pub fn model_file(version_dir: &Path, filename: &str) -> Result<PathBuf, String> {
+    let rel = Path::new(filename);
+    if filename.is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(format!(
+            "default_model_filename '{filename}' must be a plain relative path inside the version directory"
+        ));
+    }
+    let mut path = version_dir.join(rel);
+    if path.is_dir() {
+        path = path.join(DEFAULT_MODEL_FILENAME);
+    }
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| format!("model file '{}' not found: {e}", path.display()))?;
+    let base = version_dir
+        .canonicalize()
+        .map_err(|e| format!("version directory '{}': {e}", version_dir.display()))?;
+    if !canonical.starts_with(&base) {
+        return Err(format!(
+            "model file '{filename}' resolves outside its version directory"
+        ));
+    }
+    Ok(canonical)
+}
+
+fn intra_op_threads(config: &ModelConfig, options: &LoadOptions) -> Result<usize, String> {
+    match config.parameters.get("intra_op_thread_count") {
+        None => Ok(options.intra_op_threads),
+        Some(p) => p.string_value.trim().parse().map_err(|_| {
+            format!(
+                "model '{}': parameter intra_op_thread_count must be a non-negative integer, got '{}'",
+                config.name, p.string_value
+            )
+        }),
+    }
+}
+
+fn load_versions(
+    root: &Path,
+    name: &str,
+    mut config: ModelConfig,
+    has_mbs: bool,
+    options: &LoadOptions,
+) -> ModelEntry {
+    let model_dir = root.join(name);
+    let fail = |config: Option<ModelConfig>, error: String| ModelEntry {
+        name: name.to_string(),
+        config: config.map(Arc::new),
+        versions: BTreeMap::new(),
+        error: Some(error),
+    };
+    let available = version_dirs(&model_dir);
+    let selected = select_versions(&config, &available);
+    if selected.is_empty() {
+        return fail(
+            Some(config),
+            format!("at least one version must be available under the version policy of model '{name}' (found {available:?})"),
+        );
+    }
+    let threads = match intra_op_threads(&config, options) {
+        Ok(t) => t,
+        Err(e) => return fail(Some(config), e),
+    };
+    let filename = if config.default_model_filename.is_empty() {
+        DEFAULT_MODEL_FILENAME.to_string()
+    } else {
+        config.default_model_filename.clone()
+    };
+    let instances: usize = if config.instance_group.is_empty() {
+        1
+    } else {
+        config
+            .instance_group
+            .iter()
+            .map(|g| g.count.max(1) as usize)
+            .sum()
+    };
+
+    // Load the first engine of every version; the newest one that loads completes the config.
+    let mut first_engines: BTreeMap<i64, Result<(PathBuf, OnnxEngine), String>> = BTreeMap::new();
+    for &v in selected.iter().rev() {
+        let engine = model_file(&model_dir.join(v.to_string()), &filename).and_then(|path| {
+            OnnxEngine::load(&path, threads)
+                .map(|e| (path, e))
+                .map_err(|e| e.to_string())
+        });
+        first_engines.insert(v, engine);
+    }
+    if options.auto_complete {
+        if let Some(Ok((_, e))) = first_engines.values().rev().find(|r| r.is_ok()) {
+            if let Err(err) = auto_complete(&mut config, has_mbs, e.inputs(), e.outputs()) {
+                return fail(Some(config), err);
+            }
+        }
+    }
+    normalize(&mut config);
+    let config = Arc::new(config);
+
+    let mut versions = BTreeMap::new();
+    for (v, engine) in first_engines {
+        let state = engine
+            .and_then(|(path, first)| {
+                start_version(&config, v, path, first, instances, options, threads)
+            })
+            .map(|m| VersionState::Ready(Arc::new(m)))
+            .unwrap_or_else(VersionState::Unavailable);
+        versions.insert(v, state);
+    }
+    ModelEntry {
+        name: name.to_string(),
+        config: Some(config),
+        versions,
+        error: None,
+    }
+}
+
+fn start_version(
+    config: &Arc<ModelConfig>,
+    version: i64,
+    path: PathBuf,
+    first: OnnxEngine,
+    instances: usize,
+    options: &LoadOptions,
+    threads: usize,
+) -> Result<ModelVersion, String> {
+    let spec = Arc::new(model_spec(
+        config,
+        version,
+        first.inputs(),
+        first.outputs(),
+    )?);
+    let stats = Arc::new(ModelStats::default());
+    let (scheduler, rx) = Scheduler::new(
+        &config.name,
+        config_queue_capacity(config, options.max_pending_requests),
+    );
+    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(first)];
+    for _ in 1..instances {
+        engines.push(Box::new(
+            OnnxEngine::load(&path, threads).map_err(|e| e.to_string())?,
+        ));
+    }
+    let mut guards = Vec::with_capacity(engines.len());
+    for (i, engine) in engines.into_iter().enumerate() {
+        let thread = format!("{}-v{version}-{i}", config.name);
+        guards.push(
+            spawn_instance(thread, engine, rx.clone(), spec.clone(), stats.clone())
+                .map_err(|e| format!("cannot start instance thread: {e}"))?,
+        );
+    }
+    Ok(ModelVersion {
+        spec,
+        config: config.clone(),
+        stats,
+        scheduler,
+        instances: guards,
+    })
+}
+
+/// The queue bound: the config's `max_queue_size` when set, else the server default.
+fn config_queue_capacity(config: &ModelConfig, default: usize) -> usize {
+    use crate::proto::inference::model_config::SchedulingChoice;
+    match &config.scheduling_choice {
+        Some(SchedulingChoice::DynamicBatching(db)) => db
+            .default_queue_policy
+            .as_ref()
+            .map(|p| p.max_queue_size)
+            .filter(|&n| n > 0)
+            .map(|n| n as usize)
+            .unwrap_or(default),
+        _ => default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::inference::{model_version_policy, ModelVersionPolicy};
+
+    #[test]
+    fn version_policies() {
+        let avail = [1, 2, 3, 7];
+        let mut c = ModelConfig::default();
+        assert_eq!(select_versions(&c, &avail), vec![7]);
+        c.version_policy = Some(ModelVersionPolicy {
+            policy_choice: Some(PolicyChoice::Latest(model_version_policy::Latest {
+                num_versions: 2,
+            })),
+        });
+        assert_eq!(select_versions(&c, &avail), vec![3, 7]);
+        c.version_policy = Some(ModelVersionPolicy {
+            policy_choice: Some(PolicyChoice::All(model_version_policy::All {})),
+        });
+        assert_eq!(select_versions(&c, &avail), avail.to_vec());
+        c.version_policy = Some(ModelVersionPolicy {
+            policy_choice: Some(PolicyChoice::Specific(model_version_policy::Specific {
+                versions: vec![2, 5],
+            })),
+        });
+        assert_eq!(select_versions(&c, &avail), vec![2]);
+        assert!(select_versions(&c, &[]).is_empty());
+    }
+
+    #[test]
+    fn version_dirs_skip_non_numeric_and_zero_prefixed() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["1", "02", "abc", "10", "0", "3x"] {
+            std::fs::create_dir(d.path().join(n)).unwrap();
+        }
+        std::fs::write(d.path().join("5"), b"file, not dir").unwrap();
+        assert_eq!(version_dirs(d.path()), vec![1, 10]);
+    }
+
+    #[test]
+    fn model_file_stays_inside_version_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let v = d.path().join("1");
+        std::fs::create_dir(&v).unwrap();
+        std::fs::write(v.join("model.onnx"), b"x").unwrap();
+        std::fs::write(d.path().join("outside.onnx"), b"x").unwrap();
+        assert!(model_file(&v, "model.onnx").is_ok());
+        assert!(model_file(&v, "../outside.onnx").is_err());
+        assert!(model_file(&v, "/etc/passwd").is_err());
+        assert!(model_file(&v, "missing.onnx").is_err());
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(d.path().join("outside.onnx"), v.join("link.onnx")).unwrap();
+            assert!(model_file(&v, "link.onnx").unwrap_err().contains("outside"));
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The model repository on disk and the versions loaded from it.
+//!
+//! Layout (Triton's): `<repo>/<model>/config.pbtxt` and `<repo>/<model>/<version>/model.onnx`.
+//! Version directories must be numeric without a leading zero; anything else is ignored.
+//! A model that fails to load is recorded as UNAVAILABLE with its reason and every other
+//! model keeps serving.
+
+mod autocomplete;
+mod load;
+pub mod pbtxt;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::config::LoadOptions;
+use crate::error::InferError;
+use crate::executor::instance::InstanceGuard;
+use crate::model::ModelSpec;
+use crate::proto::inference::ModelConfig;
+use crate::scheduler::{Job, Scheduler};
+use crate::stats::ModelStats;
+
+pub use autocomplete::DEFAULT_MAX_BATCH_SIZE;
+
+/// A loaded, serving model version.
+#[derive(Debug)]
+pub struct ModelVersion {
+    pub spec: Arc<ModelSpec>,
+    pub config: Arc<ModelConfig>,
+    pub stats: Arc<ModelStats>,
+    /// Declared before `instances`: dropping it closes the queue so the threads can finish.
+    scheduler: Scheduler,
+    instances: Vec<InstanceGuard>,
+}
+
+impl ModelVersion {
+    /// Queues a job for this version's instances.
+    pub fn enqueue(&self, job: Job) -> Result<(), InferError> {
+        self.scheduler.enqueue(job)
+    }
+
+    /// Number of executor instances.
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Requests waiting in the queue.
+    pub fn pending(&self) -> usize {
+        self.scheduler.pending()
+    }
+}
+
+/// A version's state in the repository index.
+#[derive(Debug, Clone)]
+pub enum VersionState {
+    Ready(Arc<ModelVersion>),
+    Unavailable(String),
+}
+
+/// Everything known about one model directory.
+#[derive(Debug)]
+pub struct ModelEntry {
+    pub name: String,
+    /// The normalised config, when it could be read.
+    pub config: Option<Arc<ModelConfig>>,
+    pub versions: BTreeMap<i64, VersionState>,
+    /// Why the whole model failed (bad config, no versions), if it did.
+    pub error: Option<String>,
+}
+
+impl ModelEntry {
+    /// Every version the policy selected is READY.
+    pub fn all_ready(&self) -> bool {
+        self.error.is_none()
+            && !self.versions.is_empty()
+            && self
+                .versions
+                .values()
+                .all(|v| matches!(v, VersionState::Ready(_)))
+    }
+}
+
+/// One row of RepositoryIndex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: String,
+    pub state: String,
+    pub reason: String,
+}
+
+/// The models of one repository directory.
+#[derive(Debug)]
+pub struct ModelRepository {
+    root: PathBuf,
+    options: LoadOptions,
+    models: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
+}
+
+impl ModelRepository {
+    /// A repository over `root`; nothing is loaded until [`ModelRepository::load_all`].
+    pub fn new(root: &Path, options: LoadOptions) -> Self {
+        ModelRepository {
+            root: root.to_path_buf(),
+            options,
+            models: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// Loads every model directory. Returns the names of models that failed.
+    pub fn load_all(&self) -> std::io::Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.root)?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        let mut failed = Vec::new();
+        for name in names {
+            let entry = load::load_model(&self.root, &name, &self.options);
+            if !entry.all_ready() {
+                failed.push(name.clone());
+            }
+            self.models.write().insert(name, Arc::new(entry));
+        }
+        Ok(failed)
+    }
+
+    /// Removes every model; their queues close and their instance threads finish.
+    pub fn unload_all(&self) {
+        let models = std::mem::take(&mut *self.models.write());
+        drop(models);
+    }
+
+    /// The entry of model `name`, if the repository has it.
+    pub fn entry(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        self.models.read().get(name).cloned()
+    }
+
+    /// Every entry, by name.
+    pub fn entries(&self) -> Vec<Arc<ModelEntry>> {
+        self.models.read().values().cloned().collect()
+    }
+
+    /// The serving version for a request: `version` is "" or "-1" for the highest ready one.
+    pub fn get(&self, name: &str, version: &str) -> Result<Arc<ModelVersion>, InferError> {
+        let entry = self.entry(name).ok_or_else(|| {
+            InferError::NotFound(format!("Request for unknown model: '{name}' is not found"))
+        })?;
+        if version.is_empty() || version == "-1" {
+            return entry
+                .versions
+                .values()
+                .rev()
+                .find_map(|v| match v {
+                    VersionState::Ready(m) => Some(m.clone()),
+                    VersionState::Unavailable(_) => None,
+                })
+                .ok_or_else(|| {
+                    InferError::Unavailable(format!(
+                        "Request for unknown model: '{name}' has no available versions{}",
+                        entry
+                            .error
+                            .as_ref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    ))
+                });
+        }
+        let v: i64 = version.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+            InferError::invalid(format!(
+                "failed to get model version from specified version string '{version}' for model '{name}', version should be an integral value > 0"
+            ))
+        })?;
+        match entry.versions.get(&v) {
+            Some(VersionState::Ready(m)) => Ok(m.clone()),
+            Some(VersionState::Unavailable(reason)) => Err(InferError::Unavailable(format!(
+                "Request for unknown model: '{name}' version {v} is not at ready state: {reason}"
+            ))),
+            None => Err(InferError::NotFound(format!(
+                "Request for unknown model: '{name}' version {v} is not found"
+            ))),
+        }
+    }
+
+    /// RepositoryIndex rows; with `ready_only`, only READY versions.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let mut rows = Vec::new();
+        for entry in self.entries() {
+            if let Some(err) = &entry.error {
+                if !ready_only {
+                    rows.push(IndexEntry {
+                        name: entry.name.clone(),
+                        version: String::new(),
+                        state: "UNAVAILABLE".into(),
+                        reason: err.clone(),
+                    });
+                }
+                continue;
+            }
+            for (v, state) in &entry.versions {
+                let (state, reason) = match state {
+                    VersionState::Ready(_) => ("READY", String::new()),
+                    VersionState::Unavailable(r) => ("UNAVAILABLE", r.clone()),
+                };
+                if ready_only && state != "READY" {
+                    continue;
+                }
+                rows.push(IndexEntry {
+                    name: entry.name.clone(),
+                    version: v.to_string(),
+                    state: state.into(),
+                    reason,
+                });
+            }
+        }
+        rows
+    }
+}
