@@ -21,7 +21,7 @@ const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
 
 /// Loads model `name` from `root`. Never fails: problems become UNAVAILABLE states.
 pub fn load_model(root: &Path, name: &str, options: &LoadOptions) -> ModelEntry {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let entry = match load_config(root, name, options) {
         Err(error) => ModelEntry {
             name: name.to_string(),

