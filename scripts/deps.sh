@@ -33,11 +33,13 @@ TEST_REQS=(
     "pytest==9.2.0"
     "pytest-timeout==2.4.0"
     "requests==2.34.2"
+    "onnx==1.19.1"
 )
 # Full lock of the resolved environment (applied as pip constraints in both
 # modes so that `runtime` and `test` agree on shared packages).
 #  - numpy: tritonclient 2.50.0 needs numpy<2, onnxruntime 1.32.0 needs >=1.21.6
 #  - protobuf: tritonclient[grpc] needs <5, onnxruntime 1.32.0 needs >=4.25.8
+#  - onnx: tests build small models (every datatype) on the fly
 CONSTRAINTS='
 aiohappyeyeballs==2.7.1
 aiohttp==3.14.5
@@ -54,8 +56,10 @@ greenlet==3.5.6
 grpcio==1.85.3
 idna==3.20
 iniconfig==2.3.1
+ml_dtypes==0.5.4
 multidict==7.2.1
 numpy==1.26.4
+onnx==1.19.1
 onnxruntime==1.32.0
 packaging==26.4
 pluggy==1.7.0

@@ -74,9 +74,11 @@ fn check_parameters(
                     "parameter '{ENABLE_EMPTY_FINAL}' must be a bool, got {v:?}"
                 )))
             }
-            (k, _) if k.starts_with("triton_") => return Err(InferError::invalid(format!(
+            (k, _) if k.starts_with("triton_") => {
+                return Err(InferError::invalid(format!(
                 "parameter keys starting with 'triton_' are reserved for Triton usage, got '{k}'"
-            ))),
+            )))
+            }
             ("priority", ParamValue::Int64(p)) if *p >= 0 => priority = *p as u64,
             ("priority", ParamValue::Uint64(p)) => priority = *p,
             ("priority", v) => {

@@ -6,6 +6,8 @@
 //! with UNAVAILABLE "Exceeds maximum queue size" at once. Requests whose client went away or
 //! whose deadline passed while queued are dropped before they reach the engine.
 
+pub mod queue;
+
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
