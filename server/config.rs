@@ -85,6 +85,11 @@ pub struct Args {
     /// "Exceeds maximum queue size" (a config's `max_queue_size` takes precedence).
     #[arg(long, default_value_t = 4096)]
     pub max_pending_requests: usize,
+    /// Test hook, like Triton's TRITONSERVER_DELAY_SCHEDULER: every version's batcher holds
+    /// its queue until this many requests are waiting (once), so batch formation can be
+    /// tested deterministically. 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub delay_scheduler: usize,
 }
 
 /// The part of [`Args`] that model loading needs.
@@ -93,6 +98,7 @@ pub struct LoadOptions {
     pub auto_complete: bool,
     pub intra_op_threads: usize,
     pub max_pending_requests: usize,
+    pub delay_scheduler: usize,
 }
 
 impl Args {
@@ -102,6 +108,7 @@ impl Args {
             auto_complete: !self.disable_auto_complete_config,
             intra_op_threads: self.ort_intra_op_threads,
             max_pending_requests: self.max_pending_requests,
+            delay_scheduler: self.delay_scheduler,
         }
     }
 }

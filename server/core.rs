@@ -12,7 +12,6 @@ use crate::error::InferError;
 use crate::proto::inference::ModelConfig;
 use crate::repository::{IndexEntry, ModelRepository, ModelVersion, VersionState};
 use crate::request::{validate, InferRequest, InferResponse};
-use crate::scheduler::Job;
 use crate::stats::StatsSnapshot;
 
 /// Protocol extensions ServerMetadata reports (perf_analyzer reads "statistics").
@@ -159,14 +158,7 @@ impl Core {
         let version = self.model(&req.model_name, &req.model_version)?;
         let request = validate(req, &version.spec)?;
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            request,
-            reply,
-            received,
-            enqueued: Instant::now(),
-            deadline,
-        };
-        if let Err(e) = version.enqueue(job) {
+        if let Err(e) = version.enqueue(request, reply, received, deadline) {
             version.stats.record_failure(received.elapsed());
             return Err(e);
         }

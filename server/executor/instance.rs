@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use tokio::time::Instant;
 
 use super::{Engine, ExecError};
@@ -33,16 +33,20 @@ impl Drop for InstanceGuard {
     }
 }
 
-/// Starts an instance thread named `name` running `engine` on batches from `rx`.
+/// Starts an instance thread named `name` running `engine` on batches from `rx`, announcing
+/// each free slot on `slots`.
 pub fn spawn_instance(
     name: String,
     mut engine: Box<dyn Engine>,
     rx: Receiver<Batch>,
+    slots: Sender<()>,
     spec: Arc<ModelSpec>,
     stats: Arc<ModelStats>,
 ) -> std::io::Result<InstanceGuard> {
     let thread = std::thread::Builder::new().name(name).spawn(move || {
-        while let Ok(batch) = rx.recv() {
+        // One token per free slot: the batcher forms a batch only while it holds one.
+        while slots.send(()).is_ok() {
+            let Ok(batch) = rx.recv() else { break };
             run_batch(engine.as_mut(), batch, &spec, &stats);
         }
     })?;

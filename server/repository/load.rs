@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::autocomplete::{auto_complete, model_spec, normalize};
 use super::pbtxt::parse_model_config;
+use super::schedule::scheduler_config;
 use super::{ModelEntry, ModelVersion, VersionState};
 use crate::config::LoadOptions;
 use crate::executor::instance::spawn_instance;
@@ -276,22 +277,32 @@ fn start_version(
         first.outputs(),
     )?);
     let stats = Arc::new(ModelStats::default());
-    let (scheduler, rx) = Scheduler::new(
-        &config.name,
-        config_queue_capacity(config, options.max_pending_requests),
-    );
+    let sched = scheduler_config(
+        config,
+        options.max_pending_requests,
+        options.delay_scheduler,
+    )?;
     let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(first)];
     for _ in 1..instances {
         engines.push(Box::new(
             OnnxEngine::load(&path, threads).map_err(|e| e.to_string())?,
         ));
     }
+    let (scheduler, channels) = Scheduler::start(&config.name, sched, engines.len(), stats.clone())
+        .map_err(|e| format!("cannot start the batcher thread: {e}"))?;
     let mut guards = Vec::with_capacity(engines.len());
     for (i, engine) in engines.into_iter().enumerate() {
         let thread = format!("{}-v{version}-{i}", config.name);
         guards.push(
-            spawn_instance(thread, engine, rx.clone(), spec.clone(), stats.clone())
-                .map_err(|e| format!("cannot start instance thread: {e}"))?,
+            spawn_instance(
+                thread,
+                engine,
+                channels.batches.clone(),
+                channels.slots.clone(),
+                spec.clone(),
+                stats.clone(),
+            )
+            .map_err(|e| format!("cannot start instance thread: {e}"))?,
         );
     }
     Ok(ModelVersion {
@@ -301,21 +312,6 @@ fn start_version(
         scheduler,
         instances: guards,
     })
-}
-
-/// The queue bound: the config's `max_queue_size` when set, else the server default.
-fn config_queue_capacity(config: &ModelConfig, default: usize) -> usize {
-    use crate::proto::inference::model_config::SchedulingChoice;
-    match &config.scheduling_choice {
-        Some(SchedulingChoice::DynamicBatching(db)) => db
-            .default_queue_policy
-            .as_ref()
-            .map(|p| p.max_queue_size)
-            .filter(|&n| n > 0)
-            .map(|n| n as usize)
-            .unwrap_or(default),
-        _ => default,
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 mod autocomplete;
 mod load;
 pub mod pbtxt;
+mod schedule;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +21,11 @@ use crate::error::InferError;
 use crate::executor::instance::InstanceGuard;
 use crate::model::ModelSpec;
 use crate::proto::inference::ModelConfig;
-use crate::scheduler::{Job, Scheduler};
+use crate::request::{InferResponse, ValidInferRequest};
+use crate::scheduler::Scheduler;
 use crate::stats::ModelStats;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 pub use autocomplete::DEFAULT_MAX_BATCH_SIZE;
 
@@ -37,9 +41,15 @@ pub struct ModelVersion {
 }
 
 impl ModelVersion {
-    /// Queues a job for this version's instances.
-    pub fn enqueue(&self, job: Job) -> Result<(), InferError> {
-        self.scheduler.enqueue(job)
+    /// Queues a validated request for this version's instances.
+    pub fn enqueue(
+        &self,
+        request: ValidInferRequest,
+        reply: oneshot::Sender<Result<InferResponse, InferError>>,
+        received: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<(), InferError> {
+        self.scheduler.enqueue(request, reply, received, deadline)
     }
 
     /// Number of executor instances.

@@ -1,19 +1,29 @@
 //! Per-version schedulers: the queue between the front ends and the executor instances.
 //!
-//! Today every version uses Triton's *default scheduler*: requests run one at a time, each
-//! alone, on whichever instance is free. The queue is a bounded channel shared by the
-//! instance threads, so it never grows past its capacity; a full queue refuses new requests
-//! with UNAVAILABLE "Exceeds maximum queue size" at once. Requests whose client went away or
-//! whose deadline passed while queued are dropped before they reach the engine.
+//! Each loaded version has one batcher thread that owns a [`queue::QueueState`] (Triton's
+//! dynamic batcher rules; models without `dynamic_batching` get Triton's default scheduler,
+//! one request per execution). Handlers send [`Job`]s over a channel; admission is bounded
+//! by `max_queue_size` (UNAVAILABLE "Exceeds maximum queue size" at once when full). The
+//! batcher forms a batch only while it holds a free instance slot, so batches grow while the
+//! instances are busy. Requests whose client went away, whose deadline passed or whose queue
+//! timeout expired leave the queue before reaching an engine.
 
+pub mod batcher;
 pub mod queue;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::InferError;
 use crate::request::{InferResponse, ValidInferRequest};
+use crate::stats::ModelStats;
+use queue::{BatchPolicy, Batchable, Dead};
 
 /// One request on its way to an instance.
 #[derive(Debug)]
@@ -28,6 +38,49 @@ pub struct Job {
     pub enqueued: Instant,
     /// The client's deadline, if it sent one.
     pub deadline: Option<Instant>,
+    /// When the queue policy's timeout rejects it, if it has one.
+    pub queue_timeout: Option<Instant>,
+    /// Priority level, 0-based (level 1 in the config is 0 here).
+    pub level: usize,
+}
+
+impl Batchable for Job {
+    fn batch_size(&self) -> u64 {
+        self.request.batch_size
+    }
+
+    fn enqueued(&self) -> Instant {
+        self.enqueued
+    }
+
+    fn compatible(&self, other: &Self) -> bool {
+        self.request.inputs.len() == other.request.inputs.len()
+            && self
+                .request
+                .inputs
+                .iter()
+                .zip(&other.request.inputs)
+                .all(|(a, b)| a.tensor.shape.get(1..) == b.tensor.shape.get(1..))
+    }
+
+    fn dead(&self, now: Instant) -> Option<Dead> {
+        if self.reply.is_closed() {
+            Some(Dead::Cancelled)
+        } else if self.deadline.is_some_and(|d| d <= now) {
+            Some(Dead::DeadlineExceeded)
+        } else if self.queue_timeout.is_some_and(|t| t <= now) {
+            Some(Dead::TimedOut)
+        } else {
+            None
+        }
+    }
+
+    fn timeout_at(&self) -> Option<Instant> {
+        match (self.deadline, self.queue_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Requests an instance executes together. Every job in a batch has the same item shapes.
@@ -36,47 +89,150 @@ pub struct Batch {
     pub jobs: Vec<Job>,
 }
 
-/// Handle to a version's queue. Dropping every handle closes the queue: instances finish
-/// what is queued and then stop.
+/// How one version schedules, from its normalised config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    pub policy: BatchPolicy,
+    /// Priority levels (at least 1).
+    pub levels: usize,
+    /// 0-based level for requests without a valid `priority`.
+    pub default_level: usize,
+    /// Requests queued before new ones are refused.
+    pub max_queue_size: usize,
+    /// The queue policy's timeout (None: none).
+    pub default_timeout: Option<Duration>,
+    /// Whether a request's `timeout` parameter may lower the default.
+    pub allow_timeout_override: bool,
+    /// Test hook (Triton's TRITONSERVER_DELAY_SCHEDULER): hold batching until this many
+    /// requests are queued, once. 0 = off.
+    pub hold_until: usize,
+}
+
+/// Handle to a version's queue. Dropping it closes the queue: the batcher sends what is
+/// queued, then stops, and the instances stop after it.
 #[derive(Debug)]
 pub struct Scheduler {
-    /// Sends batches to the instance threads, which all receive from the other end.
-    tx: Sender<Batch>,
+    /// Jobs to the batcher thread. `None` once closed.
+    tx: Option<Sender<Job>>,
+    /// Requests admitted and not yet dispatched or dropped (the queue size).
+    queued: Arc<AtomicUsize>,
+    config: SchedulerConfig,
     model: String,
-    capacity: usize,
+    batcher: Option<JoinHandle<()>>,
+}
+
+/// Channels the instances use: batches in, free-slot tokens out.
+#[derive(Debug)]
+pub struct InstanceChannels {
+    pub batches: Receiver<Batch>,
+    pub slots: Sender<()>,
 }
 
 impl Scheduler {
-    /// A queue holding at most `capacity` requests, and the receiver the instances share.
-    pub fn new(model: &str, capacity: usize) -> (Scheduler, Receiver<Batch>) {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-        (
+    /// Starts the batcher thread of `model` for `instances` executor instances.
+    pub fn start(
+        model: &str,
+        config: SchedulerConfig,
+        instances: usize,
+        stats: Arc<ModelStats>,
+    ) -> std::io::Result<(Scheduler, InstanceChannels)> {
+        let (tx, job_rx) = crossbeam_channel::unbounded();
+        let (batch_tx, batches) = crossbeam_channel::bounded(0);
+        let (slots, slot_rx) = crossbeam_channel::bounded(instances.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let task = batcher::BatcherTask {
+            jobs: job_rx,
+            slots: slot_rx,
+            batches: batch_tx,
+            state: queue::QueueState::new(config.policy.clone(), config.levels),
+            queued: queued.clone(),
+            stats,
+            hold_until: config.hold_until,
+        };
+        let batcher = std::thread::Builder::new()
+            .name(format!("{model}-batcher"))
+            .spawn(move || task.run())?;
+        Ok((
             Scheduler {
-                tx,
+                tx: Some(tx),
+                queued,
+                config,
                 model: model.to_string(),
-                capacity: capacity.max(1),
+                batcher: Some(batcher),
             },
-            rx,
-        )
+            InstanceChannels { batches, slots },
+        ))
     }
 
-    /// Queues `job` without waiting. Fails at once when the queue is full or closed.
-    pub fn enqueue(&self, job: Job) -> Result<(), InferError> {
-        match self.tx.try_send(Batch { jobs: vec![job] }) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(InferError::Unavailable(format!(
+    /// Queues a validated request without waiting. Fails at once when the queue is full or
+    /// the scheduler has stopped.
+    pub fn enqueue(
+        &self,
+        request: ValidInferRequest,
+        reply: oneshot::Sender<Result<InferResponse, InferError>>,
+        received: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<(), InferError> {
+        let c = &self.config;
+        let level = match request.priority {
+            p if p >= 1 && p <= c.levels as u64 => (p - 1) as usize,
+            _ => c.default_level,
+        };
+        let timeout = match (c.default_timeout, request.timeout_us) {
+            (Some(d), Some(t)) if c.allow_timeout_override && t > 0 => {
+                Some(d.min(Duration::from_micros(t)))
+            }
+            (d, _) => d,
+        };
+        let now = Instant::now();
+        let admitted = self
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                (q < c.max_queue_size).then_some(q + 1)
+            })
+            .is_ok();
+        if !admitted {
+            return Err(InferError::Unavailable(format!(
                 "Exceeds maximum queue size ({}) for model '{}'",
-                self.capacity, self.model
-            ))),
-            Err(TrySendError::Disconnected(_)) => Err(InferError::Unavailable(format!(
+                c.max_queue_size, self.model
+            )));
+        }
+        let job = Job {
+            request,
+            reply,
+            received,
+            enqueued: now,
+            deadline,
+            queue_timeout: timeout.and_then(|t| now.checked_add(t)),
+            level,
+        };
+        let sent = self
+            .tx
+            .as_ref()
+            .map(|tx| tx.send(job).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(InferError::Unavailable(format!(
                 "Server is stopping, scheduler for model '{}' has stopped accepting new inference requests",
                 self.model
-            ))),
+            )));
         }
+        Ok(())
     }
 
-    /// Requests waiting for an instance.
+    /// Requests waiting in the queue.
     pub fn pending(&self) -> usize {
-        self.tx.len()
+        self.queued.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // Closing the job channel lets the batcher flush the queue and exit.
+        self.tx.take();
+        if let Some(b) = self.batcher.take() {
+            let _ = b.join();
+        }
     }
 }

@@ -195,7 +195,8 @@ impl<T: Batchable> QueueState<T> {
         Next::Dispatch(batch)
     }
 
-    fn earliest_timeout(&self) -> Option<Instant> {
+    /// The soonest queue timeout or deadline of any queued request.
+    pub fn earliest_timeout(&self) -> Option<Instant> {
         self.levels
             .iter()
             .flatten()
