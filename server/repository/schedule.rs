@@ -92,6 +92,9 @@ pub fn scheduler_config(
             "model '{model}': dynamic_batching.preserve_ordering cannot be combined with priority_levels > 1 or a DELAY timeout_action"
         ));
     }
+    if db.preserve_ordering {
+        return Err(format!("model '{model}': dynamic_batching.preserve_ordering is not supported by Switchyard yet"));
+    }
     if delay_action && policy.default_timeout_microseconds > 0 {
         return Err(format!(
             "model '{model}': dynamic_batching.default_queue_policy.timeout_action DELAY is not supported by Switchyard yet"
