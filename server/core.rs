@@ -64,9 +64,14 @@ impl Core {
         self.accepting.store(false, Ordering::SeqCst);
     }
 
-    /// Is this model (version) ready? Unknown models are simply not ready.
-    pub fn model_ready(&self, name: &str, version: &str) -> bool {
-        self.accepting.load(Ordering::SeqCst) && self.repository.get(name, version).is_ok()
+    /// Is this model (version) ready? Unknown models are simply not ready (status OK, as in
+    /// every released Triton); a version string that is not a number is an error.
+    pub fn model_ready(&self, name: &str, version: &str) -> Result<bool, InferError> {
+        match self.repository.get(name, version) {
+            Ok(_) => Ok(self.accepting.load(Ordering::SeqCst)),
+            Err(e @ InferError::InvalidArgument(_)) => Err(e),
+            Err(_) => Ok(false),
+        }
     }
 
     /// The serving version for metadata, config and inference.

@@ -94,17 +94,22 @@ fn check_parameters(
             }
             (
                 "sequence_id",
-                ParamValue::Int64(_) | ParamValue::Uint64(_) | ParamValue::String(_),
+                ParamValue::Int64(_) | ParamValue::String(_),
             ) => {}
             ("sequence_id", v) => {
                 return Err(InferError::invalid(format!(
-                    "parameter 'sequence_id' must be an int64, uint64 or string, got {v:?}"
+                    "invalid value type for 'sequence_id' parameter, expected int64 or string, got {v:?}"
                 )))
             }
             ("sequence_start" | "sequence_end", ParamValue::Bool(_)) => {}
             (k @ ("sequence_start" | "sequence_end"), v) => {
                 return Err(InferError::invalid(format!(
                     "parameter '{k}' must be a bool, got {v:?}"
+                )))
+            }
+            (k, ParamValue::Uint64(v)) => {
+                return Err(InferError::invalid(format!(
+                    "invalid value type for '{k}' parameter ({v}), expected int64, bool, string or double"
                 )))
             }
             _ => {}

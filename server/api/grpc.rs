@@ -95,7 +95,7 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = req.into_inner();
         Ok(Response::new(pb::ModelReadyResponse {
-            ready: self.core.model_ready(&r.name, &r.version),
+            ready: self.core.model_ready(&r.name, &r.version)?,
         }))
     }
 

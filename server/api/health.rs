@@ -1,4 +1,4 @@
-//! `grpc.health.v1.Health`: SERVING while the server is live.
+//! `grpc.health.v1.Health`: SERVING while the server is ready, as Triton's.
 
 use std::sync::Arc;
 
@@ -30,7 +30,8 @@ impl Health for HealthService {
         &self,
         _: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
-        let status = if self.core.live() {
+        // Triton's Check reports readiness (server src/grpc/grpc_server.cc).
+        let status = if self.core.ready() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

@@ -225,6 +225,18 @@ pub fn model_spec(
     for s in &ins {
         check_against_engine(model, "input", s, inputs, batched)?;
     }
+    if ins.len() != inputs.len() {
+        let missing: Vec<&str> = inputs
+            .iter()
+            .filter(|e| !ins.iter().any(|s| s.name == e.name))
+            .map(|e| e.name.as_str())
+            .collect();
+        return Err(format!(
+            "unable to load model '{model}': configuration expects {} inputs, model provides {} (not in the configuration: {missing:?})",
+            ins.len(),
+            inputs.len()
+        ));
+    }
     for s in &outs {
         check_against_engine(model, "output", s, outputs, batched)?;
     }

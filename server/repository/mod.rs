@@ -171,7 +171,7 @@ impl ModelRepository {
                     VersionState::Unavailable(_) => None,
                 })
                 .ok_or_else(|| {
-                    InferError::Unavailable(format!(
+                    InferError::NotFound(format!(
                         "Request for unknown model: '{name}' has no available versions{}",
                         entry
                             .error
@@ -181,7 +181,7 @@ impl ModelRepository {
                     ))
                 });
         }
-        let v: i64 = version.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+        let v: i64 = version.parse().ok().ok_or_else(|| {
             InferError::invalid(format!(
                 "failed to get model version from specified version string '{version}' for model '{name}', version should be an integral value > 0"
             ))

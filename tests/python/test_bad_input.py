@@ -193,16 +193,26 @@ def test_bad_request(stub, build, code, substrings):
     assert_still_serving(stub)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="switchyard accepts uint64 values for custom request parameters and for sequence_id; "
-    "Triton's gRPC front end (src/grpc/infer_handler.cc SetInferenceRequestMetadata) rejects them "
-    "with INVALID_ARGUMENT \"invalid value type for '<key>' parameter, expected ...\"",
-)
 @pytest.mark.parametrize("key", ["my_param", "sequence_id"])
 def test_uint64_parameter_rejected(stub, key):
     req = simple_req(params={key: ("uint64", 5)})
     h.assert_rpc_error(stub.ModelInfer, req, INVALID, key)
+
+
+def test_version_zero_is_an_unknown_version(stub):
+    resp = stub.ModelReady(pb.ModelReadyRequest(name="simple", version="0"), timeout=h.RPC_TIMEOUT_S)
+    assert resp.ready is False
+    h.assert_rpc_error(stub.ModelInfer, simple_req(version="0"), NOT_FOUND, "simple", "0")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="switchyard treats version string '-1' as 'latest'; Triton's gRPC front end "
+    "(GetModelVersionFromString) rejects negative versions with INVALID_ARGUMENT "
+    "\"invalid model version specified '-1' , version should be an integral value > 0\"",
+)
+def test_negative_version_string_is_invalid(stub):
+    h.assert_rpc_error(stub.ModelInfer, simple_req(version="-1"), INVALID, "-1", "integral value")
 
 
 def test_good_requests_after_all_bad_ones(stub, client):

@@ -135,12 +135,6 @@ def test_model_ready(client, stub, model, version, expected):
     assert resp.ready is expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="switchyard answers ModelReady(version='abc') with ready=false and OK; Triton parses the "
-    "version first (GetModelVersionFromString) and answers INVALID_ARGUMENT "
-    "'... version should be an integral value > 0'",
-)
 def test_model_ready_non_numeric_version_is_invalid_argument(stub):
     h.assert_rpc_error(stub.ModelReady, pb.ModelReadyRequest(name="simple", version="abc"),
                        grpc.StatusCode.INVALID_ARGUMENT, "abc")
