@@ -45,12 +45,24 @@ pub struct Args {
     /// Serve HTTP. Accepted for compatibility; HTTP is not served yet.
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
     pub allow_http: bool,
-    /// Port of the Prometheus endpoint. Accepted for compatibility; metrics are not served yet.
+    /// Port of the Prometheus endpoint (`GET /metrics`). 0 picks a free port.
     #[arg(long, default_value_t = 8002)]
     pub metrics_port: u16,
-    /// Serve metrics. Accepted for compatibility; metrics are not served yet.
+    /// Address of the Prometheus endpoint (default: the HTTP address, as in Triton).
+    #[arg(long)]
+    pub metrics_address: Option<IpAddr>,
+    /// Serve Prometheus metrics.
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
     pub allow_metrics: bool,
+    /// Export CPU utilisation and memory gauges (nv_cpu_*).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_cpu_metrics: bool,
+    /// Export GPU gauges. Accepted for compatibility: there are no GPU metrics yet.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_gpu_metrics: bool,
+    /// How often server-wide gauges (CPU) are sampled, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_interval_ms: u64,
 
     /// Server identifier reported by ServerMetadata (`name`).
     #[arg(long, default_value = "triton")]
@@ -133,6 +145,8 @@ mod tests {
         assert_eq!(a.grpc_port, 0);
         assert_eq!(a.id, "triton");
         assert_eq!(a.exit_timeout_secs, 30);
+        assert_eq!((a.metrics_port, a.metrics_interval_ms), (8002, 2000));
+        assert!(a.allow_metrics && a.metrics_address.is_none());
         let b =
             Args::try_parse_from(["switchyard", "--model-store", "/m", "--exit-on-error"]).unwrap();
         assert!(b.exit_on_error);

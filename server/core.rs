@@ -12,7 +12,7 @@ use crate::error::InferError;
 use crate::proto::inference::ModelConfig;
 use crate::repository::{IndexEntry, ModelRepository, ModelVersion, VersionState};
 use crate::request::{validate, InferRequest, InferResponse};
-use crate::stats::StatsSnapshot;
+use crate::stats::{FailureReason, StatsSnapshot};
 
 /// Protocol extensions ServerMetadata reports (perf_analyzer reads "statistics").
 pub const EXTENSIONS: [&str; 3] = ["model_configuration", "statistics", "schedule_policy"];
@@ -164,7 +164,9 @@ impl Core {
         let request = validate(req, &version.spec)?;
         let (reply, rx) = oneshot::channel();
         if let Err(e) = version.enqueue(request, reply, received, deadline) {
-            version.stats.record_failure(received.elapsed());
+            version
+                .stats
+                .record_failure(received.elapsed(), FailureReason::of(&e));
             return Err(e);
         }
         // `version` stays alive until the answer arrives, so a drain never drops this request.

@@ -37,14 +37,4 @@ impl InferError {
     pub fn invalid(msg: impl Into<String>) -> Self {
         InferError::InvalidArgument(msg.into())
     }
-
-    /// The `reason` label of `nv_inference_request_failure`.
-    pub fn failure_reason(&self) -> &'static str {
-        match self {
-            InferError::Unavailable(_) => "REJECTED",
-            InferError::Cancelled(_) | InferError::DeadlineExceeded(_) => "CANCELED",
-            InferError::Exec(_) => "BACKEND",
-            _ => "OTHER",
-        }
-    }
 }

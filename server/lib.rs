@@ -11,6 +11,7 @@
 //! - [`scheduler`]: the per-version queue between handlers and instances.
 //! - [`executor`]: engines (ONNX Runtime) and one OS thread per instance.
 //! - [`stats`]: Triton's per-version statistics.
+//! - [`metrics`]: the Prometheus endpoint (Triton's `nv_*` names, `switchyard_` histograms).
 //! - [`tensor`], [`model`]: shared data types.
 //!
 //! # One request
@@ -26,6 +27,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod executor;
+pub mod metrics;
 pub mod model;
 pub mod proto;
 pub mod repository;
@@ -55,6 +57,12 @@ pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Installed before any model loads: versions register their histograms at load.
+    let metrics_handle = if args.allow_metrics {
+        Some(metrics::install_recorder()?)
+    } else {
+        None
+    };
     if let Err(e) = executor::onnx::init_runtime(&args.ort_library) {
         // Every ONNX model will fail its load with this reason; --exit-on-error decides.
         tracing::error!(error = %e, "ONNX Runtime is not available");
@@ -108,7 +116,33 @@ pub async fn run(
             })
         },
     );
+    let metrics_endpoint = match metrics_handle {
+        Some(handle) => {
+            let addr = SocketAddr::new(
+                args.metrics_address.unwrap_or(args.http_address),
+                args.metrics_port,
+            );
+            let interval = Duration::from_millis(args.metrics_interval_ms);
+            Some(
+                metrics::MetricsEndpoint::bind(
+                    addr,
+                    core.clone(),
+                    handle,
+                    interval,
+                    args.allow_cpu_metrics,
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(endpoint) = metrics_endpoint {
+        tokio::spawn(endpoint.serve(async {
+            let _ = metrics_stop_rx.await;
+        }));
+    }
     let drain_core = core.clone();
     let signal_task = tokio::spawn(async move {
         shutdown.await;
@@ -134,6 +168,8 @@ pub async fn run(
             tokio::time::sleep(exit_timeout).await;
         } => tracing::warn!("exit timeout reached with requests still in flight"),
     }
+    // Metrics stay up through the drain, like Triton's; they stop with the process.
+    let _ = metrics_stop_tx.send(());
     let core_for_unload = core.clone();
     let _ = tokio::task::spawn_blocking(move || core_for_unload.repository.unload_all()).await;
     tracing::info!("stopped");

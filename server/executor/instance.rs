@@ -15,7 +15,7 @@ use crate::error::InferError;
 use crate::model::ModelSpec;
 use crate::request::InferResponse;
 use crate::scheduler::{Batch, Job};
-use crate::stats::ModelStats;
+use crate::stats::{FailureReason, ModelStats};
 use crate::tensor::{element_count, split_bytes_elements, NamedTensor, Tensor};
 
 /// Joins the instance thread on drop.
@@ -64,11 +64,12 @@ fn live_jobs(batch: Batch, stats: &ModelStats) -> Vec<Job> {
         .filter_map(|job| {
             if job.reply.is_closed() {
                 tracing::debug!(id = %job.request.id, "dropping request: client went away");
+                stats.record_failure(now - job.received, FailureReason::Canceled);
                 return None;
             }
             if job.deadline.is_some_and(|d| d <= now) {
-                stats.record_failure(now - job.received);
-                let _ = job.reply.send(Err(InferError::DeadlineExceeded(
+                stats.record_failure(now - job.received, FailureReason::Canceled);
+                job.reply.send(Err(InferError::DeadlineExceeded(
                     "Deadline exceeded before the request reached the model".into(),
                 )));
                 return None;
@@ -108,8 +109,8 @@ fn run_batch(engine: &mut dyn Engine, batch: Batch, spec: &ModelSpec, stats: &Mo
             tracing::warn!(model = %spec.name, version = spec.version, error = %e, "execution failed");
             let now = Instant::now();
             for job in jobs {
-                stats.record_failure(now - job.received);
-                let _ = job.reply.send(Err(InferError::Exec(e.clone())));
+                stats.record_failure(now - job.received, FailureReason::Backend);
+                job.reply.send(Err(InferError::Exec(e.clone())));
             }
             return;
         }
@@ -129,8 +130,8 @@ fn run_batch(engine: &mut dyn Engine, batch: Batch, spec: &ModelSpec, stats: &Mo
             Err(e) => {
                 let now = Instant::now();
                 for job in jobs {
-                    stats.record_failure(now - job.received);
-                    let _ = job.reply.send(Err(InferError::Exec(e.clone())));
+                    stats.record_failure(now - job.received, FailureReason::Backend);
+                    job.reply.send(Err(InferError::Exec(e.clone())));
                 }
                 return;
             }
@@ -153,7 +154,7 @@ fn run_batch(engine: &mut dyn Engine, batch: Batch, spec: &ModelSpec, stats: &Mo
             })
             .collect();
         stats.record_success(now - job.received, exec_start - job.enqueued, &output.times);
-        let _ = job.reply.send(Ok(InferResponse {
+        job.reply.send(Ok(InferResponse {
             model_name: spec.name.clone(),
             model_version: spec.version,
             id: job.request.id,

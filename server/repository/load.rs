@@ -224,17 +224,19 @@ fn load_versions(
     };
 
     // Load the first engine of every version; the newest one that loads completes the config.
-    let mut first_engines: BTreeMap<i64, Result<(PathBuf, OnnxEngine), String>> = BTreeMap::new();
+    type FirstEngine = Result<(PathBuf, OnnxEngine, std::time::Duration), String>;
+    let mut first_engines: BTreeMap<i64, FirstEngine> = BTreeMap::new();
     for &v in selected.iter().rev() {
+        let t0 = tokio::time::Instant::now();
         let engine = model_file(&model_dir.join(v.to_string()), &filename).and_then(|path| {
             OnnxEngine::load(&path, threads)
-                .map(|e| (path, e))
+                .map(|e| (path, e, t0.elapsed()))
                 .map_err(|e| e.to_string())
         });
         first_engines.insert(v, engine);
     }
     if options.auto_complete {
-        if let Some(Ok((_, e))) = first_engines.values().rev().find(|r| r.is_ok()) {
+        if let Some(Ok((_, e, _))) = first_engines.values().rev().find(|r| r.is_ok()) {
             if let Err(err) = auto_complete(&mut config, has_mbs, e.inputs(), e.outputs()) {
                 return fail(Some(config), err);
             }
@@ -246,8 +248,12 @@ fn load_versions(
     let mut versions = BTreeMap::new();
     for (v, engine) in first_engines {
         let state = engine
-            .and_then(|(path, first)| {
-                start_version(&config, v, path, first, instances, options, threads)
+            .and_then(|(path, first, first_load)| {
+                let t0 = tokio::time::Instant::now();
+                start_version(&config, v, path, first, instances, options, threads).map(|mut m| {
+                    m.load_duration = first_load + t0.elapsed();
+                    m
+                })
             })
             .map(|m| VersionState::Ready(Arc::new(m)))
             .unwrap_or_else(VersionState::Unavailable);
@@ -276,7 +282,7 @@ fn start_version(
         first.inputs(),
         first.outputs(),
     )?);
-    let stats = Arc::new(ModelStats::default());
+    let stats = Arc::new(ModelStats::new(&config.name, version));
     let sched = scheduler_config(
         config,
         options.max_pending_requests,
@@ -311,6 +317,7 @@ fn start_version(
         stats,
         scheduler,
         instances: guards,
+        load_duration: std::time::Duration::ZERO,
     })
 }
 

@@ -38,6 +38,8 @@ pub struct ModelVersion {
     /// Declared before `instances`: dropping it closes the queue so the threads can finish.
     scheduler: Scheduler,
     instances: Vec<InstanceGuard>,
+    /// How long loading took (engines, scheduler, instance threads): `nv_model_load_duration_secs`.
+    pub load_duration: std::time::Duration,
 }
 
 impl ModelVersion {
@@ -154,6 +156,18 @@ impl ModelRepository {
     /// Every entry, by name.
     pub fn entries(&self) -> Vec<Arc<ModelEntry>> {
         self.models.read().values().cloned().collect()
+    }
+
+    /// Every READY version of every model.
+    pub fn ready_versions(&self) -> Vec<Arc<ModelVersion>> {
+        self.entries()
+            .iter()
+            .flat_map(|e| e.versions.values())
+            .filter_map(|v| match v {
+                VersionState::Ready(m) => Some(m.clone()),
+                VersionState::Unavailable(_) => None,
+            })
+            .collect()
     }
 
     /// The serving version for a request: `version` is "" or "-1" for the highest ready one.

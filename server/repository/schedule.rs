@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use crate::proto::inference::{
     model_config::SchedulingChoice, model_queue_policy::TimeoutAction, ModelConfig,
+    ModelQueuePolicy,
 };
 use crate::scheduler::queue::BatchPolicy;
-use crate::scheduler::SchedulerConfig;
+use crate::scheduler::{LevelPolicy, SchedulerConfig};
 
 /// Builds the scheduler settings of a normalised config.
 pub fn scheduler_config(
@@ -35,11 +36,9 @@ pub fn scheduler_config(
                 preferred: Vec::new(),
                 max_queue_delay: Duration::ZERO,
             },
-            levels: 1,
+            levels: vec![level_policy(&ModelQueuePolicy::default(), default_queue)],
             default_level: 0,
-            max_queue_size: default_queue.max(1),
-            default_timeout: None,
-            allow_timeout_override: false,
+            preserve_ordering: false,
             hold_until,
         });
     };
@@ -78,27 +77,23 @@ pub fn scheduler_config(
             "model '{model}': dynamic_batching.priority_queue_policy key {k} must be in [1, {levels}]"
         ));
     }
-    if !db.priority_queue_policy.is_empty() {
-        return Err(format!(
-            "model '{model}': dynamic_batching.priority_queue_policy is not supported by Switchyard yet (default_queue_policy is)"
-        ));
-    }
-    let policy = db.default_queue_policy.unwrap_or_default();
-    let delay_action = policy.timeout_action == TimeoutAction::Delay as i32;
-    if db.preserve_ordering
-        && (levels > 1 || (delay_action && policy.default_timeout_microseconds > 0))
-    {
-        return Err(format!(
-            "model '{model}': dynamic_batching.preserve_ordering cannot be combined with priority_levels > 1 or a DELAY timeout_action"
-        ));
-    }
+    let default_policy = db.default_queue_policy.unwrap_or_default();
+    let policies: Vec<&ModelQueuePolicy> = (1..=levels.max(1))
+        .map(|l| db.priority_queue_policy.get(&l).unwrap_or(&default_policy))
+        .collect();
     if db.preserve_ordering {
-        return Err(format!("model '{model}': dynamic_batching.preserve_ordering is not supported by Switchyard yet"));
-    }
-    if delay_action && policy.default_timeout_microseconds > 0 {
-        return Err(format!(
-            "model '{model}': dynamic_batching.default_queue_policy.timeout_action DELAY is not supported by Switchyard yet"
-        ));
+        if levels > 1 {
+            return Err(format!(
+                "model '{model}': dynamic_batching.preserve_ordering: only one priority level is allowed when 'preserve_ordering' is true (priority_levels is {levels})"
+            ));
+        }
+        if policies.iter().any(|p| {
+            p.timeout_action == TimeoutAction::Delay as i32 && p.default_timeout_microseconds != 0
+        }) {
+            return Err(format!(
+                "model '{model}': dynamic_batching.preserve_ordering: queue policy can not have DELAY as timeout_action when 'preserve_ordering' is true"
+            ));
+        }
     }
     Ok(SchedulerConfig {
         policy: BatchPolicy {
@@ -106,18 +101,30 @@ pub fn scheduler_config(
             preferred,
             max_queue_delay: Duration::from_micros(db.max_queue_delay_microseconds),
         },
-        levels: levels.max(1) as usize,
+        levels: policies
+            .into_iter()
+            .map(|p| level_policy(p, default_queue))
+            .collect(),
         default_level: db.default_priority_level.saturating_sub(1) as usize,
-        max_queue_size: if policy.max_queue_size > 0 {
-            policy.max_queue_size as usize
+        preserve_ordering: db.preserve_ordering,
+        hold_until,
+    })
+}
+
+/// One level's `ModelQueuePolicy`; `max_queue_size: 0` (Triton: unlimited) becomes the
+/// server's `--max-pending-requests`, so no queue is unbounded.
+fn level_policy(p: &ModelQueuePolicy, default_queue: usize) -> LevelPolicy {
+    LevelPolicy {
+        max_queue_size: if p.max_queue_size > 0 {
+            p.max_queue_size as usize
         } else {
             default_queue.max(1)
         },
-        default_timeout: (policy.default_timeout_microseconds > 0)
-            .then(|| Duration::from_micros(policy.default_timeout_microseconds)),
-        allow_timeout_override: policy.allow_timeout_override,
-        hold_until,
-    })
+        default_timeout: (p.default_timeout_microseconds > 0)
+            .then(|| Duration::from_micros(p.default_timeout_microseconds)),
+        allow_timeout_override: p.allow_timeout_override,
+        delay_on_timeout: p.timeout_action == TimeoutAction::Delay as i32,
+    }
 }
 
 #[cfg(test)]
@@ -136,11 +143,14 @@ mod tests {
         let s = cfg("max_batch_size: 8 dynamic_batching { preferred_batch_size: [ 8, 4 ] max_queue_delay_microseconds: 100 default_queue_policy { max_queue_size: 3 default_timeout_microseconds: 50 allow_timeout_override: true } }").unwrap();
         assert_eq!(s.policy.preferred, vec![4, 8]);
         assert_eq!(s.policy.max_queue_delay, Duration::from_micros(100));
-        assert_eq!(s.max_queue_size, 3);
-        assert_eq!(s.default_timeout, Some(Duration::from_micros(50)));
+        assert_eq!(s.levels.len(), 1);
+        assert_eq!(s.levels[0].max_queue_size, 3);
+        assert_eq!(s.levels[0].default_timeout, Some(Duration::from_micros(50)));
+        assert!(s.levels[0].allow_timeout_override);
+        assert!(!s.levels[0].delay_on_timeout);
         let s = cfg("max_batch_size: 8 dynamic_batching { }").unwrap();
         assert_eq!(s.policy.preferred, vec![8]);
-        assert_eq!(s.max_queue_size, 100);
+        assert_eq!(s.levels[0].max_queue_size, 100);
         let s = cfg("max_batch_size: 8").unwrap();
         assert_eq!(s.policy.max_batch_size, 0);
     }
@@ -162,6 +172,28 @@ mod tests {
             "max_batch_size: 8 dynamic_batching { priority_levels: 2 default_priority_level: 2 }",
         )
         .unwrap();
-        assert_eq!((ok.levels, ok.default_level), (2, 1));
+        assert_eq!((ok.levels.len(), ok.default_level), (2, 1));
+        assert!(cfg("max_batch_size: 8 dynamic_batching { default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 5 } preserve_ordering: true }").unwrap_err().contains("DELAY"));
+        assert!(cfg("max_batch_size: 8 dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 3 value { max_queue_size: 1 } } }").unwrap_err().contains("priority_queue_policy key 3"));
+        assert!(cfg("max_batch_size: 8 dynamic_batching { priority_queue_policy { key: 1 value { max_queue_size: 1 } } }").unwrap_err().contains("priority_levels"));
+    }
+
+    #[test]
+    fn per_level_queue_policies() {
+        let s = cfg("max_batch_size: 8 dynamic_batching { priority_levels: 3 default_priority_level: 2 default_queue_policy { max_queue_size: 7 } priority_queue_policy { key: 1 value { max_queue_size: 2 default_timeout_microseconds: 1000 timeout_action: DELAY } } priority_queue_policy { key: 3 value { allow_timeout_override: true default_timeout_microseconds: 9 } } }").unwrap();
+        assert_eq!(s.levels.len(), 3);
+        assert_eq!(s.levels[0].max_queue_size, 2);
+        assert!(s.levels[0].delay_on_timeout);
+        assert_eq!(
+            s.levels[0].default_timeout,
+            Some(Duration::from_micros(1000))
+        );
+        assert_eq!(s.levels[1].max_queue_size, 7);
+        assert!(!s.levels[1].delay_on_timeout);
+        // max_queue_size 0 (Triton: unlimited) is bounded by --max-pending-requests.
+        assert_eq!(s.levels[2].max_queue_size, 100);
+        assert!(s.levels[2].allow_timeout_override);
+        let o = cfg("max_batch_size: 8 dynamic_batching { preserve_ordering: true }").unwrap();
+        assert!(o.preserve_ordering);
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::queue::{Dead, Next, QueueState};
 use super::{Batch, Job};
 use crate::error::InferError;
-use crate::stats::ModelStats;
+use crate::stats::{FailureReason, ModelStats};
 
 /// How often a waiting batcher looks for requests whose client went away.
 const CANCEL_POLL: Duration = Duration::from_millis(20);
@@ -25,8 +25,8 @@ pub struct BatcherTask {
     /// Batches to the instances (rendezvous: only sent while a slot is held).
     pub batches: Sender<Batch>,
     pub state: QueueState<Job>,
-    /// Shared with the scheduler handle: admitted and not yet dispatched.
-    pub queued: Arc<AtomicUsize>,
+    /// Shared with the scheduler handle, per level: admitted and not yet dispatched.
+    pub queued: Arc<[AtomicUsize]>,
     pub stats: Arc<ModelStats>,
     /// Hold dispatch until this many are queued (test hook), then 0.
     pub hold_until: usize,
@@ -35,10 +35,12 @@ pub struct BatcherTask {
 impl BatcherTask {
     fn fail_dead(&self, dead: Vec<(Job, Dead)>) {
         for (job, why) in dead {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.queued[job.level].fetch_sub(1, Ordering::SeqCst);
             let err = match why {
                 Dead::Cancelled => {
                     tracing::debug!(id = %job.request.id, "request cancelled while queued");
+                    self.stats
+                        .record_failure(job.received.elapsed(), FailureReason::Canceled);
                     continue;
                 }
                 Dead::DeadlineExceeded => InferError::DeadlineExceeded(
@@ -46,8 +48,9 @@ impl BatcherTask {
                 ),
                 Dead::TimedOut => InferError::Unavailable("Request timeout expired".into()),
             };
-            self.stats.record_failure(job.received.elapsed());
-            let _ = job.reply.send(Err(err));
+            self.stats
+                .record_failure(job.received.elapsed(), FailureReason::of(&err));
+            job.reply.send(Err(err));
         }
     }
 
@@ -82,7 +85,9 @@ impl BatcherTask {
             if have_slot && self.hold_until == 0 {
                 match self.state.next_batch(now) {
                     Next::Dispatch(jobs) => {
-                        self.queued.fetch_sub(jobs.len(), Ordering::SeqCst);
+                        for j in &jobs {
+                            self.queued[j.level].fetch_sub(1, Ordering::SeqCst);
+                        }
                         if self.batches.send(Batch { jobs }).is_err() {
                             return;
                         }

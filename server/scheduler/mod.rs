@@ -10,6 +10,7 @@
 
 pub mod batcher;
 pub mod queue;
+pub mod reply;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,9 +22,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::InferError;
-use crate::request::{InferResponse, ValidInferRequest};
+use crate::request::ValidInferRequest;
 use crate::stats::ModelStats;
 use queue::{BatchPolicy, Batchable, Dead};
+pub use reply::{Outcome, Reply, Sequencer};
 
 /// One request on its way to an instance.
 #[derive(Debug)]
@@ -31,7 +33,7 @@ pub struct Job {
     pub request: ValidInferRequest,
     /// Where the instance sends the result; the front-end handler awaits the receiver.
     /// A closed receiver means the client went away.
-    pub reply: oneshot::Sender<Result<InferResponse, InferError>>,
+    pub reply: Reply,
     /// When the front end received the request (start of the end-to-end duration).
     pub received: Instant,
     /// When the request entered the queue (start of the queue duration).
@@ -81,6 +83,10 @@ impl Batchable for Job {
             (a, b) => a.or(b),
         }
     }
+
+    fn clear_queue_timeout(&mut self) {
+        self.queue_timeout = None;
+    }
 }
 
 /// Requests an instance executes together. Every job in a batch has the same item shapes.
@@ -89,20 +95,30 @@ pub struct Batch {
     pub jobs: Vec<Job>,
 }
 
+/// The queue policy of one priority level (`ModelQueuePolicy`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelPolicy {
+    /// Requests queued at this level before new ones are refused.
+    pub max_queue_size: usize,
+    /// The queue timeout (None: none).
+    pub default_timeout: Option<Duration>,
+    /// Whether a request's `timeout` parameter may lower the default.
+    pub allow_timeout_override: bool,
+    /// `timeout_action: DELAY`: a timed-out request waits behind its level instead of
+    /// failing with "Request timeout expired".
+    pub delay_on_timeout: bool,
+}
+
 /// How one version schedules, from its normalised config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerConfig {
     pub policy: BatchPolicy,
-    /// Priority levels (at least 1).
-    pub levels: usize,
+    /// One policy per priority level (at least one); index 0 is level 1, the highest.
+    pub levels: Vec<LevelPolicy>,
     /// 0-based level for requests without a valid `priority`.
     pub default_level: usize,
-    /// Requests queued before new ones are refused.
-    pub max_queue_size: usize,
-    /// The queue policy's timeout (None: none).
-    pub default_timeout: Option<Duration>,
-    /// Whether a request's `timeout` parameter may lower the default.
-    pub allow_timeout_override: bool,
+    /// Answer in the order requests were admitted (`preserve_ordering`).
+    pub preserve_ordering: bool,
     /// Test hook (Triton's TRITONSERVER_DELAY_SCHEDULER): hold batching until this many
     /// requests are queued, once. 0 = off.
     pub hold_until: usize,
@@ -114,8 +130,10 @@ pub struct SchedulerConfig {
 pub struct Scheduler {
     /// Jobs to the batcher thread. `None` once closed.
     tx: Option<Sender<Job>>,
-    /// Requests admitted and not yet dispatched or dropped (the queue size).
-    queued: Arc<AtomicUsize>,
+    /// Per level: requests admitted and not yet dispatched or dropped (the queue sizes).
+    queued: Arc<[AtomicUsize]>,
+    /// Set when answers must keep the admission order.
+    sequencer: Option<Arc<Sequencer>>,
     config: SchedulerConfig,
     model: String,
     batcher: Option<JoinHandle<()>>,
@@ -139,12 +157,14 @@ impl Scheduler {
         let (tx, job_rx) = crossbeam_channel::unbounded();
         let (batch_tx, batches) = crossbeam_channel::bounded(0);
         let (slots, slot_rx) = crossbeam_channel::bounded(instances.max(1));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued: Arc<[AtomicUsize]> =
+            config.levels.iter().map(|_| AtomicUsize::new(0)).collect();
+        let delays: Vec<bool> = config.levels.iter().map(|l| l.delay_on_timeout).collect();
         let task = batcher::BatcherTask {
             jobs: job_rx,
             slots: slot_rx,
             batches: batch_tx,
-            state: queue::QueueState::new(config.policy.clone(), config.levels),
+            state: queue::QueueState::new(config.policy.clone(), &delays),
             queued: queued.clone(),
             stats,
             hold_until: config.hold_until,
@@ -156,6 +176,9 @@ impl Scheduler {
             Scheduler {
                 tx: Some(tx),
                 queued,
+                sequencer: config
+                    .preserve_ordering
+                    .then(|| Arc::new(Sequencer::default())),
                 config,
                 model: model.to_string(),
                 batcher: Some(batcher),
@@ -169,34 +192,38 @@ impl Scheduler {
     pub fn enqueue(
         &self,
         request: ValidInferRequest,
-        reply: oneshot::Sender<Result<InferResponse, InferError>>,
+        reply: oneshot::Sender<Outcome>,
         received: Instant,
         deadline: Option<Instant>,
     ) -> Result<(), InferError> {
         let c = &self.config;
         let level = match request.priority {
-            p if p >= 1 && p <= c.levels as u64 => (p - 1) as usize,
+            p if p >= 1 && p <= c.levels.len() as u64 => (p - 1) as usize,
             _ => c.default_level,
         };
-        let timeout = match (c.default_timeout, request.timeout_us) {
-            (Some(d), Some(t)) if c.allow_timeout_override && t > 0 => {
+        let lp = &c.levels[level.min(c.levels.len() - 1)];
+        let timeout = match (lp.default_timeout, request.timeout_us) {
+            (Some(d), Some(t)) if lp.allow_timeout_override && t > 0 => {
                 Some(d.min(Duration::from_micros(t)))
             }
             (d, _) => d,
         };
         let now = Instant::now();
-        let admitted = self
-            .queued
+        let admitted = self.queued[level]
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
-                (q < c.max_queue_size).then_some(q + 1)
+                (q < lp.max_queue_size).then_some(q + 1)
             })
             .is_ok();
         if !admitted {
             return Err(InferError::Unavailable(format!(
                 "Exceeds maximum queue size ({}) for model '{}'",
-                c.max_queue_size, self.model
+                lp.max_queue_size, self.model
             )));
         }
+        let reply = match &self.sequencer {
+            Some(seq) => Reply::ordered(reply, seq),
+            None => Reply::direct(reply),
+        };
         let job = Job {
             request,
             reply,
@@ -212,7 +239,7 @@ impl Scheduler {
             .map(|tx| tx.send(job).is_ok())
             .unwrap_or(false);
         if !sent {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.queued[level].fetch_sub(1, Ordering::SeqCst);
             return Err(InferError::Unavailable(format!(
                 "Server is stopping, scheduler for model '{}' has stopped accepting new inference requests",
                 self.model
@@ -221,9 +248,9 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Requests waiting in the queue.
+    /// Requests waiting in the queue, all levels.
     pub fn pending(&self) -> usize {
-        self.queued.load(Ordering::SeqCst)
+        self.queued.iter().map(|q| q.load(Ordering::SeqCst)).sum()
     }
 }
 

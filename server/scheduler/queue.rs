@@ -30,6 +30,9 @@ pub trait Batchable {
     fn dead(&self, now: Instant) -> Option<Dead>;
     /// When it will time out in the queue, if ever.
     fn timeout_at(&self) -> Option<Instant>;
+    /// Forgets its queue timeout (it was moved to the delayed queue by `timeout_action: DELAY`
+    /// and may now wait indefinitely); its client deadline still applies.
+    fn clear_queue_timeout(&mut self);
 }
 
 /// Why a request leaves the queue without running.
@@ -74,55 +77,112 @@ pub enum Next<T> {
     Idle,
 }
 
+/// One priority level: its FIFO, then the requests its DELAY timeout action moved behind it.
+#[derive(Debug)]
+struct Level<T> {
+    queue: VecDeque<T>,
+    delayed: VecDeque<T>,
+    /// `timeout_action: DELAY`: a timed-out request moves to `delayed` instead of failing.
+    delay_on_timeout: bool,
+}
+
+impl<T> Level<T> {
+    fn len(&self) -> usize {
+        self.queue.len() + self.delayed.len()
+    }
+
+    /// In batching order: the level's queue, then its delayed requests.
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.queue.iter().chain(self.delayed.iter())
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        self.queue.pop_front().or_else(|| self.delayed.pop_front())
+    }
+
+    /// Takes the first `n` in batching order.
+    fn take(&mut self, n: usize, into: &mut Vec<T>) {
+        let from_queue = n.min(self.queue.len());
+        into.extend(self.queue.drain(..from_queue));
+        into.extend(self.delayed.drain(..n - from_queue));
+    }
+}
+
 /// Queued requests, one FIFO per priority level (index 0 = level 1, the highest).
 #[derive(Debug)]
 pub struct QueueState<T> {
     policy: BatchPolicy,
-    levels: Vec<VecDeque<T>>,
+    levels: Vec<Level<T>>,
 }
 
 impl<T: Batchable> QueueState<T> {
-    /// An empty queue with `levels` priority levels (at least one).
-    pub fn new(policy: BatchPolicy, levels: usize) -> Self {
-        QueueState {
-            policy,
-            levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(),
+    /// An empty queue with one priority level per entry of `delay_on_timeout` (at least one);
+    /// an entry is true where that level's `timeout_action` is DELAY.
+    pub fn new(policy: BatchPolicy, delay_on_timeout: &[bool]) -> Self {
+        let mut levels: Vec<Level<T>> = delay_on_timeout
+            .iter()
+            .map(|&d| Level {
+                queue: VecDeque::new(),
+                delayed: VecDeque::new(),
+                delay_on_timeout: d,
+            })
+            .collect();
+        if levels.is_empty() {
+            levels.push(Level {
+                queue: VecDeque::new(),
+                delayed: VecDeque::new(),
+                delay_on_timeout: false,
+            });
         }
+        QueueState { policy, levels }
     }
 
     /// Queues `item` at priority `level` (0-based; out-of-range levels go last).
     pub fn append(&mut self, item: T, level: usize) {
         let last = self.levels.len() - 1;
-        self.levels[level.min(last)].push_back(item);
+        self.levels[level.min(last)].queue.push_back(item);
     }
 
     /// Requests queued, all levels.
     pub fn len(&self) -> usize {
-        self.levels.iter().map(VecDeque::len).sum()
+        self.levels.iter().map(Level::len).sum()
     }
 
-    /// Requests queued at one level.
+    /// Requests queued at one level, delayed ones included.
     pub fn level_len(&self, level: usize) -> usize {
-        self.levels.get(level).map_or(0, VecDeque::len)
+        self.levels.get(level).map_or(0, Level::len)
     }
 
     /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.levels.iter().all(VecDeque::is_empty)
+        self.levels.iter().all(|l| l.len() == 0)
     }
 
     /// Removes every request that must not run, with the reason, for the owner to answer.
+    /// A queue timeout at a DELAY level moves the request behind its level instead.
     pub fn remove_dead(&mut self, now: Instant) -> Vec<(T, Dead)> {
         let mut dead = Vec::new();
         for level in &mut self.levels {
-            let mut kept = VecDeque::with_capacity(level.len());
-            for item in level.drain(..) {
+            let mut kept = VecDeque::with_capacity(level.queue.len());
+            for mut item in level.queue.drain(..) {
+                match item.dead(now) {
+                    Some(Dead::TimedOut) if level.delay_on_timeout => {
+                        item.clear_queue_timeout();
+                        level.delayed.push_back(item);
+                    }
+                    Some(why) => dead.push((item, why)),
+                    None => kept.push_back(item),
+                }
+            }
+            level.queue = kept;
+            let mut kept = VecDeque::with_capacity(level.delayed.len());
+            for item in level.delayed.drain(..) {
                 match item.dead(now) {
                     Some(why) => dead.push((item, why)),
                     None => kept.push_back(item),
                 }
             }
-            *level = kept;
+            level.delayed = kept;
         }
         dead
     }
@@ -135,7 +195,7 @@ impl<T: Batchable> QueueState<T> {
         let policy = &self.policy;
         if policy.max_batch_size == 0 {
             // Default scheduler: one request at a time, highest level first.
-            let item = self.levels.iter_mut().find_map(VecDeque::pop_front);
+            let item = self.levels.iter_mut().find_map(Level::pop_front);
             return item.map_or(Next::Idle, |i| Next::Dispatch(vec![i]));
         }
         let max_pref = policy.max_preferred().min(policy.max_batch_size);
@@ -147,7 +207,7 @@ impl<T: Batchable> QueueState<T> {
         let mut oldest: Option<Instant> = None;
         let mut first: Option<&T> = None;
         'walk: for (li, level) in self.levels.iter().enumerate() {
-            for item in level {
+            for item in level.iter() {
                 let bs = item.batch_size().max(1);
                 if total + bs > policy.max_batch_size || total + bs > max_pref {
                     forced = true;
@@ -172,7 +232,7 @@ impl<T: Batchable> QueueState<T> {
         let Some(oldest) = oldest else {
             // The head request alone is larger than the limits allow (validation prevents
             // this); send it alone rather than stall the queue.
-            let item = self.levels.iter_mut().find_map(VecDeque::pop_front);
+            let item = self.levels.iter_mut().find_map(Level::pop_front);
             return item.map_or(Next::Idle, |i| Next::Dispatch(vec![i]));
         };
         let delay = policy.max_queue_delay;
@@ -190,7 +250,7 @@ impl<T: Batchable> QueueState<T> {
         };
         let mut batch = Vec::with_capacity(counts.iter().sum());
         for (level, n) in self.levels.iter_mut().zip(counts) {
-            batch.extend(level.drain(..n));
+            level.take(n, &mut batch);
         }
         Next::Dispatch(batch)
     }
@@ -199,7 +259,7 @@ impl<T: Batchable> QueueState<T> {
     pub fn earliest_timeout(&self) -> Option<Instant> {
         self.levels
             .iter()
-            .flatten()
+            .flat_map(Level::iter)
             .filter_map(Batchable::timeout_at)
             .min()
     }
@@ -236,6 +296,9 @@ mod tests {
         fn timeout_at(&self) -> Option<Instant> {
             self.timeout
         }
+        fn clear_queue_timeout(&mut self) {
+            self.timeout = None;
+        }
     }
 
     fn req(id: u32, bs: u64, at: Instant) -> Req {
@@ -267,7 +330,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn zero_delay_sends_everything_pending_up_to_max() {
         let t = Instant::now();
-        let mut q = QueueState::new(policy(8, &[8], 0), 1);
+        let mut q = QueueState::new(policy(8, &[8], 0), &[false]);
         for i in 0..10 {
             q.append(req(i, 1, t), 0);
         }
@@ -279,7 +342,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn largest_preferred_size_goes_at_once_even_with_delay() {
         let t = Instant::now();
-        let mut q = QueueState::new(policy(8, &[2, 4, 8], 10_000), 1);
+        let mut q = QueueState::new(policy(8, &[2, 4, 8], 10_000), &[false]);
         for i in 0..5 {
             q.append(req(i, 1, t), 0);
         }
@@ -294,7 +357,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn delay_holds_until_the_oldest_has_waited() {
         let t = Instant::now();
-        let mut q = QueueState::new(policy(8, &[4], 1_000), 1);
+        let mut q = QueueState::new(policy(8, &[4], 1_000), &[false]);
         q.append(req(0, 1, t), 0);
         q.append(req(1, 1, t + Duration::from_micros(300)), 0);
         let now = t + Duration::from_micros(500);
@@ -312,7 +375,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn never_exceeds_max_batch_size_and_counts_rows() {
         let t = Instant::now();
-        let mut q = QueueState::new(policy(8, &[8], 0), 1);
+        let mut q = QueueState::new(policy(8, &[8], 0), &[false]);
         q.append(req(0, 3, t), 0);
         q.append(req(1, 4, t), 0);
         q.append(req(2, 2, t), 0); // 3+4+2 = 9 > 8: forced send of the first two
@@ -323,7 +386,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn preferred_mark_is_exact_row_count() {
         let t = Instant::now();
-        let mut q = QueueState::new(policy(8, &[4, 6], 10_000), 1);
+        let mut q = QueueState::new(policy(8, &[4, 6], 10_000), &[false]);
         q.append(req(0, 3, t), 0);
         q.append(req(1, 3, t), 0); // 6 rows: preferred
         q.append(req(2, 1, t), 0);
@@ -335,7 +398,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn incompatible_shapes_are_not_merged() {
         let t = Instant::now();
-        let mut q = QueueState::new(policy(8, &[8], 10_000), 1);
+        let mut q = QueueState::new(policy(8, &[8], 10_000), &[false]);
         q.append(req(0, 1, t), 0);
         q.append(
             Req {
@@ -353,7 +416,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn higher_priority_levels_batch_first() {
         let t = Instant::now();
-        let mut q = QueueState::new(policy(4, &[4], 0), 2);
+        let mut q = QueueState::new(policy(4, &[4], 0), &[false, false]);
         q.append(req(10, 1, t), 1);
         q.append(req(11, 1, t), 1);
         q.append(req(0, 1, t + Duration::from_micros(5)), 0);
@@ -369,7 +432,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_batching_sends_one_at_a_time() {
         let t = Instant::now();
-        let mut q = QueueState::new(policy(0, &[], 0), 1);
+        let mut q = QueueState::new(policy(0, &[], 0), &[false]);
         q.append(req(0, 1, t), 0);
         q.append(req(1, 1, t), 0);
         assert_eq!(ids(q.next_batch(t)), vec![0]);
@@ -379,7 +442,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dead_requests_leave_and_timeouts_shorten_the_wait() {
         let t = Instant::now();
-        let mut q = QueueState::new(policy(8, &[8], 10_000), 1);
+        let mut q = QueueState::new(policy(8, &[8], 10_000), &[false]);
         q.append(
             Req {
                 dead: Some(Dead::Cancelled),
@@ -407,5 +470,60 @@ mod tests {
         assert_eq!(dead[0].0.id, 1);
         assert_eq!(dead[0].1, Dead::TimedOut);
         assert_eq!(q.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_action_moves_timed_out_requests_behind_their_level() {
+        let t = Instant::now();
+        // Level 1 delays on timeout; level 2 rejects. Batches of at most 2.
+        let mut q = QueueState::new(policy(2, &[2], 0), &[true, false]);
+        q.append(
+            Req {
+                timeout: Some(t + Duration::from_micros(100)),
+                ..req(0, 1, t)
+            },
+            0,
+        );
+        q.append(req(1, 1, t + Duration::from_micros(10)), 0);
+        q.append(req(2, 1, t + Duration::from_micros(20)), 0);
+        q.append(req(20, 1, t), 1);
+        let later = t + Duration::from_micros(200);
+        // Nothing dies: request 0 moves behind 1 and 2, and no longer has a timeout.
+        assert!(q.remove_dead(later).is_empty());
+        assert_eq!(q.level_len(0), 3);
+        assert_eq!(q.earliest_timeout(), None);
+        assert_eq!(ids(q.next_batch(later)), vec![1, 2]);
+        // The delayed request still goes before every lower-priority request.
+        assert_eq!(ids(q.next_batch(later)), vec![0, 20]);
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reject_action_fails_timed_out_requests_and_delayed_ones_can_still_be_cancelled() {
+        let t = Instant::now();
+        let mut q = QueueState::new(policy(4, &[4], 10_000), &[false, true]);
+        q.append(
+            Req {
+                timeout: Some(t + Duration::from_micros(5)),
+                ..req(0, 1, t)
+            },
+            0,
+        );
+        q.append(
+            Req {
+                timeout: Some(t + Duration::from_micros(5)),
+                ..req(10, 1, t)
+            },
+            1,
+        );
+        let dead = q.remove_dead(t + Duration::from_micros(5));
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].0.id, dead[0].1), (0, Dead::TimedOut));
+        assert_eq!(q.level_len(1), 1);
+        // The delayed request's client goes away: it leaves like any other.
+        q.levels[1].delayed[0].dead = Some(Dead::Cancelled);
+        let dead = q.remove_dead(t + Duration::from_micros(6));
+        assert_eq!((dead[0].0.id, dead[0].1), (10, Dead::Cancelled));
+        assert!(q.is_empty());
     }
 }

@@ -95,6 +95,7 @@ class Server:
         self.log_path = log_path
         self.cmd = cmd
         self.grpc_port = int(url.rsplit(":", 1)[1])
+        self.metrics_url = ""
 
     # `url, process, log = switchyard(...)`
     def __iter__(self):
@@ -207,6 +208,7 @@ def start_server(
                 cwd=ROOT,
             )
         srv = Server(proc, f"127.0.0.1:{grpc_port}", log_path, cmd)
+        srv.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         _LIVE.append(srv)
         if not wait:
             return srv

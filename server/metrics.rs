@@ -1,0 +1,333 @@
+//! Prometheus metrics on `--metrics-port` (`GET /metrics`), with Triton's names and labels so
+//! existing dashboards keep working, plus `switchyard_` histograms.
+//!
+//! - Triton's per-model counters (`nv_inference_*{model,version}`) are published from each
+//!   loaded version's [`StatsSnapshot`] when `/metrics` is scraped, so they always equal what
+//!   the statistics API reports.
+//! - Latency and batch-size histograms are recorded as requests finish
+//!   ([`VersionHistograms`], owned by the version's `ModelStats`).
+//! - CPU gauges are sampled every `--metrics-interval-ms`, as Triton does.
+//!
+//! The recorder is `metrics-exporter-prometheus`, installed globally once per process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::core::Core;
+use crate::repository::ModelVersion;
+use crate::stats::{CountNs, FailureReason, StatsSnapshot};
+
+/// Request, queue and compute latency buckets, in seconds: 50 µs to 10 s, dense below a
+/// millisecond where small models live.
+pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// Batch-size buckets: powers of two up to 1024.
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+const REQUEST_SECONDS: &str = "switchyard_request_duration_seconds";
+const QUEUE_SECONDS: &str = "switchyard_queue_duration_seconds";
+const COMPUTE_SECONDS: &str = "switchyard_compute_duration_seconds";
+const BATCH_SIZE: &str = "switchyard_batch_size";
+
+/// Triton's content type for `/metrics`.
+const CONTENT_TYPE_TEXT: &str = "text/plain; charset=utf-8";
+
+/// The histograms of one model version. Without an installed recorder they do nothing.
+#[derive(Debug, Clone)]
+pub struct VersionHistograms {
+    request: metrics::Histogram,
+    queue: metrics::Histogram,
+    compute: metrics::Histogram,
+    batch: metrics::Histogram,
+}
+
+impl Default for VersionHistograms {
+    fn default() -> Self {
+        VersionHistograms {
+            request: metrics::Histogram::noop(),
+            queue: metrics::Histogram::noop(),
+            compute: metrics::Histogram::noop(),
+            batch: metrics::Histogram::noop(),
+        }
+    }
+}
+
+impl VersionHistograms {
+    /// Registers the histograms of `model` version `version` with the global recorder.
+    pub fn new(model: &str, version: i64) -> Self {
+        let labels = [
+            ("model", model.to_string()),
+            ("version", version.to_string()),
+        ];
+        VersionHistograms {
+            request: histogram!(REQUEST_SECONDS, &labels),
+            queue: histogram!(QUEUE_SECONDS, &labels),
+            compute: histogram!(COMPUTE_SECONDS, &labels),
+            batch: histogram!(BATCH_SIZE, &labels),
+        }
+    }
+
+    /// One successful request: end to end, queued, and its batch's compute time.
+    pub fn success(&self, total: Duration, queue: Duration, compute: Duration) {
+        self.request.record(total.as_secs_f64());
+        self.queue.record(queue.as_secs_f64());
+        self.compute.record(compute.as_secs_f64());
+    }
+
+    /// One execution of `size` inferences.
+    pub fn batch(&self, size: u64) {
+        self.batch.record(size as f64);
+    }
+}
+
+/// Builds the Prometheus recorder with our buckets and installs it for the whole process.
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_SIZE_BUCKETS)
+        })
+        .context("invalid histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    describe();
+    Ok(handle)
+}
+
+/// HELP texts, Triton's where the metric is Triton's.
+fn describe() {
+    describe_counter!(
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes"
+    );
+    describe_counter!(
+        "nv_inference_request_failure",
+        "Number of failed inference requests, all batch sizes"
+    );
+    describe_counter!(
+        "nv_inference_count",
+        "Number of inferences performed (does not include cached requests)"
+    );
+    describe_counter!(
+        "nv_inference_exec_count",
+        "Number of model executions performed (does not include cached requests)"
+    );
+    describe_counter!(
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds (includes cached requests)"
+    );
+    describe_counter!(
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds (includes cached requests)"
+    );
+    describe_counter!(
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds (does not include cached requests)"
+    );
+    describe_counter!(
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds (does not include cached requests)"
+    );
+    describe_counter!(
+        "nv_inference_compute_output_duration_us",
+        "Cumulative inference compute output duration in microseconds (does not include cached requests)"
+    );
+    describe_gauge!(
+        "nv_inference_pending_request_count",
+        "Instantaneous number of pending requests awaiting execution per-model."
+    );
+    describe_gauge!("nv_model_load_duration_secs", "Model load time in seconds");
+    describe_gauge!("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]");
+    describe_gauge!(
+        "nv_cpu_memory_total_bytes",
+        "CPU total memory (RAM), in bytes"
+    );
+    describe_gauge!(
+        "nv_cpu_memory_used_bytes",
+        "CPU used memory (RAM), in bytes"
+    );
+    describe_histogram!(
+        REQUEST_SECONDS,
+        "End-to-end duration of successful requests, in seconds"
+    );
+    describe_histogram!(
+        QUEUE_SECONDS,
+        "Time successful requests waited in the queue, in seconds"
+    );
+    describe_histogram!(
+        COMPUTE_SECONDS,
+        "Compute time (input + infer + output) of the batch each successful request ran in, in seconds"
+    );
+    describe_histogram!(BATCH_SIZE, "Inferences per model execution");
+}
+
+fn us(d: CountNs) -> u64 {
+    d.ns / 1_000
+}
+
+/// Publishes the Triton counters of one version from its statistics.
+fn publish_version(v: &ModelVersion, snap: &StatsSnapshot) {
+    let model = v.spec.name.clone();
+    let version = v.spec.version.to_string();
+    let labels = [("model", model.clone()), ("version", version.clone())];
+    counter!("nv_inference_request_success", &labels).absolute(snap.success.count);
+    for reason in FailureReason::ALL {
+        counter!(
+            "nv_inference_request_failure",
+            "model" => model.clone(),
+            "reason" => reason.label(),
+            "version" => version.clone()
+        )
+        .absolute(snap.failures[reason as usize]);
+    }
+    counter!("nv_inference_count", &labels).absolute(snap.inference_count);
+    counter!("nv_inference_exec_count", &labels).absolute(snap.execution_count);
+    counter!("nv_inference_request_duration_us", &labels).absolute(us(snap.success));
+    counter!("nv_inference_queue_duration_us", &labels).absolute(us(snap.queue));
+    counter!("nv_inference_compute_input_duration_us", &labels).absolute(us(snap.compute_input));
+    counter!("nv_inference_compute_infer_duration_us", &labels).absolute(us(snap.compute_infer));
+    counter!("nv_inference_compute_output_duration_us", &labels).absolute(us(snap.compute_output));
+    gauge!("nv_inference_pending_request_count", &labels).set(v.pending() as f64);
+    gauge!("nv_model_load_duration_secs", &labels).set(v.load_duration.as_secs_f64());
+}
+
+/// What the scrape handler needs.
+#[derive(Clone)]
+struct Scrape {
+    core: Arc<Core>,
+    handle: PrometheusHandle,
+}
+
+async fn metrics_handler(
+    axum::extract::State(s): axum::extract::State<Scrape>,
+) -> impl IntoResponse {
+    for v in s.core.repository.ready_versions() {
+        publish_version(&v, &v.stats.snapshot());
+    }
+    ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], s.handle.render())
+}
+
+/// Samples server-wide gauges (CPU) and runs the recorder's upkeep every `interval`.
+async fn sample_loop(handle: PrometheusHandle, interval: Duration, cpu: bool) {
+    let mut sys = sysinfo::System::new();
+    let mut tick = tokio::time::interval(interval.max(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if cpu {
+            sys.refresh_cpu_usage();
+            sys.refresh_memory();
+            gauge!("nv_cpu_utilization").set(f64::from(sys.global_cpu_usage()) / 100.0);
+            gauge!("nv_cpu_memory_total_bytes").set(sys.total_memory() as f64);
+            gauge!("nv_cpu_memory_used_bytes").set(sys.used_memory() as f64);
+        }
+        handle.run_upkeep();
+    }
+}
+
+/// The metrics endpoint, bound and ready to serve.
+pub struct MetricsEndpoint {
+    listener: TcpListener,
+    router: Router,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl MetricsEndpoint {
+    /// Binds `addr` and starts the sampler.
+    pub async fn bind(
+        addr: SocketAddr,
+        core: Arc<Core>,
+        handle: PrometheusHandle,
+        interval: Duration,
+        cpu: bool,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind metrics endpoint {addr}"))?;
+        tracing::info!("Started Metrics Service at {}", listener.local_addr()?);
+        let sampler = tokio::spawn(sample_loop(handle.clone(), interval, cpu));
+        let router = Router::new()
+            .route("/metrics", get(metrics_handler))
+            .with_state(Scrape { core, handle });
+        Ok(MetricsEndpoint {
+            listener,
+            router,
+            sampler,
+        })
+    }
+
+    /// Serves until `stop` resolves.
+    pub async fn serve(self, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+        let r = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(stop)
+            .await;
+        self.sampler.abort();
+        if let Err(e) = r {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_sorted_and_cover_sub_millisecond_work() {
+        assert!(LATENCY_BUCKETS_SECONDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(BATCH_SIZE_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        let sub_ms = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .filter(|&&b| b < 0.001)
+            .count();
+        assert!(sub_ms >= 4);
+    }
+
+    #[test]
+    fn histograms_render_with_our_buckets() {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
+            .unwrap()
+            .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_SIZE_BUCKETS)
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let h = VersionHistograms::new("m", 3);
+            h.success(
+                Duration::from_micros(80),
+                Duration::from_micros(10),
+                Duration::from_micros(40),
+            );
+            h.batch(5);
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(
+                r#"switchyard_request_duration_seconds_bucket{model="m",version="3",le="0.0001"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"switchyard_request_duration_seconds_bucket{model="m",version="3",le="0.00005"} 0"#
+        ));
+        assert!(text.contains(r#"switchyard_batch_size_bucket{model="m",version="3",le="4"} 0"#));
+        assert!(text.contains(r#"switchyard_batch_size_bucket{model="m",version="3",le="8"} 1"#));
+        assert!(text.contains(r#"switchyard_batch_size_count{model="m",version="3"} 1"#));
+    }
+}
