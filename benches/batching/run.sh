@@ -72,29 +72,9 @@ EOF
 done
 
 # ------------------------------------------------------------------ server --------
-read -r GRPC_PORT HTTP_PORT METRICS_PORT < <("$PY" -c '
-import socket
-s = [socket.socket() for _ in range(3)]
-[x.bind(("127.0.0.1", 0)) for x in s]
-print(*[x.getsockname()[1] for x in s])')
-ORT_DYLIB_PATH="$ORT_LIB" "$BIN" --model-repository "$REPO" --grpc-port "$GRPC_PORT" \
-    --http-port "$HTTP_PORT" --metrics-port "$METRICS_PORT" --ort-intra-op-threads "$INTRA_OP" \
-    > "$RUN_DIR/server.log" 2>&1 &
-SERVER_PID=$!
-trap 'kill -TERM $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null || true' EXIT
-"$PY" - "$GRPC_PORT" <<'EOF' || { tail -20 "$RUN_DIR/server.log" >&2; die "server not ready"; }
-import sys, time
-import tritonclient.grpc as g
-c = g.InferenceServerClient(f"localhost:{sys.argv[1]}")
-for _ in range(300):
-    try:
-        if c.is_server_ready():
-            sys.exit(0)
-    except Exception:
-        pass
-    time.sleep(0.2)
-sys.exit("timeout")
-EOF
+source "$ROOT/benches/lib.sh"
+bench_start_server "$RUN_DIR/server.log" --model-repository "$REPO" --ort-intra-op-threads "$INTRA_OP"
+bench_wait_ready fraud_mlp:1 fraud_mlp_batched:1 || die "server not ready"
 
 # ------------------------------------------------------------------ measure -------
 ceiling() {  # when

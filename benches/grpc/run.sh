@@ -106,51 +106,13 @@ times > "$RUN_DIR/.times0"   # not in $(...): a subshell's `times` would not see
 CHILD_CPU0="$(tail -1 "$RUN_DIR/.times0")"
 
 # ---------------------------------------------------------------- server ----
-read -r GRPC_PORT HTTP_PORT METRICS_PORT < <("$PY" - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)
-SERVER_ARGS=(--model-repository "$REPO" --grpc-port "$GRPC_PORT" --http-port "$HTTP_PORT"
-             --metrics-port "$METRICS_PORT" --ort-intra-op-threads "$INTRA_OP")
-ORT_DYLIB_PATH="$ORT_LIB" "$BIN" "${SERVER_ARGS[@]}" >"$RUN_DIR/server.log" 2>&1 &
-SERVER_PID=$!
-stop_server() {
-    if [[ -n "${SERVER_PID:-}" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$SERVER_PID" 2>/dev/null && { echo "run.sh: server did not stop on SIGTERM; killing" >&2; kill -KILL "$SERVER_PID" 2>/dev/null || true; }
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=
-}
-trap stop_server EXIT
-trap 'exit 130' INT TERM
+source "$ROOT/benches/lib.sh"
+bench_start_server "$RUN_DIR/server.log" --model-repository "$REPO" --ort-intra-op-threads "$INTRA_OP"
 
 # Wait until the server and every model we use report ready.
 READY_MODELS="$(for m in $MODELS; do printf '%s:%s ' "$m" "${VERSION_OF[$m]:-1}"; done)"
-"$PY" - "$GRPC_PORT" "$SERVER_PID" $READY_MODELS <<'EOF' || { tail -20 "$RUN_DIR/server.log" >&2; die "server did not become ready"; }
-import os, sys, time
-import tritonclient.grpc as g
-port, pid, models = sys.argv[1], int(sys.argv[2]), [m.split(":") for m in sys.argv[3:]]
-c = g.InferenceServerClient(f"localhost:{port}")
-deadline = time.time() + 60
-while time.time() < deadline:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        sys.exit("server exited")
-    try:
-        if c.is_server_ready() and all(c.is_model_ready(m, v) for m, v in models):
-            sys.exit(0)
-    except Exception:
-        pass
-    time.sleep(0.2)
-sys.exit("timeout")
-EOF
+# shellcheck disable=SC2086
+bench_wait_ready $READY_MODELS || die "server did not become ready"
 
 # ---------------------------------------------------------------- machine ---
 export BIN RUN_ID RUN_DIR LOAD_START BUSY_START GRPC_PORT INTRA_OP MEASURE_MS STABILITY MAX_TRIALS \
@@ -255,7 +217,7 @@ for m in $MODELS; do
     kill -0 "$SERVER_PID" 2>/dev/null || die "server died during the $m runs (see $RUN_DIR/server.log)"
 done
 
-stop_server
+bench_stop_server
 STAT_BUSY1="$(stat_busy)"
 WALL1="$(date +%s.%N)"
 times > "$RUN_DIR/.times1"

@@ -93,49 +93,10 @@ cp "$REPO/export.json" "$RUN_DIR/" 2>/dev/null || true
 T0=$SECONDS
 
 # ---------------------------------------------------------------- server ----
-read -r GRPC_PORT HTTP_PORT METRICS_PORT < <("$PY" - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)
-ORT_DYLIB_PATH="$ORT_LIB" "$BIN" --model-repository "$REPO" --grpc-port "$GRPC_PORT" \
-    --http-port "$HTTP_PORT" --metrics-port "$METRICS_PORT" --ort-intra-op-threads "$INTRA_OP" \
-    >"$RUN_DIR/server.log" 2>&1 &
-SERVER_PID=$!
-stop_server() {
-    if [[ -n "${SERVER_PID:-}" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$SERVER_PID" 2>/dev/null && { echo "run.sh: server did not stop on SIGTERM; killing" >&2; kill -KILL "$SERVER_PID" 2>/dev/null || true; }
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=
-}
-trap stop_server EXIT
-trap 'exit 130' INT TERM
-
-"$PY" - "$GRPC_PORT" "$SERVER_PID" $MODELS <<'EOF' || { tail -20 "$RUN_DIR/server.log" >&2; die "server did not become ready"; }
-import os, sys, time
-import tritonclient.grpc as g
-port, pid, models = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-c = g.InferenceServerClient(f"localhost:{port}")
-deadline = time.time() + 120
-while time.time() < deadline:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        sys.exit("server exited")
-    try:
-        if c.is_server_ready() and all(c.is_model_ready(m, "1") for m in models):
-            sys.exit(0)
-    except Exception:
-        pass
-    time.sleep(0.2)
-sys.exit("timeout")
-EOF
+source "$ROOT/benches/lib.sh"
+bench_start_server "$RUN_DIR/server.log" --model-repository "$REPO" --ort-intra-op-threads "$INTRA_OP"
+# shellcheck disable=SC2046
+bench_wait_ready $(for m in $MODELS; do printf '%s:1 ' "$m"; done) || die "server did not become ready"
 
 # ---------------------------------------------------------------- measure ---
 ceiling() {  # when
@@ -209,7 +170,7 @@ for m in $MODELS; do
     kill -0 "$SERVER_PID" 2>/dev/null || die "server died during the $m runs (see $RUN_DIR/server.log)"
 done
 ceiling after
-stop_server
+bench_stop_server
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RUN_DIR/machine.txt"
 echo "wall_s=$((SECONDS - T0))" >> "$RUN_DIR/machine.txt"
 
