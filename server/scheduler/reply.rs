@@ -94,7 +94,8 @@ impl Sequencer {
     }
 
     /// Answers held back, waiting for an earlier one.
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.state.lock().done.len()
     }
 
