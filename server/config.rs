@@ -36,15 +36,32 @@ pub struct Args {
     #[arg(long, default_value_t = i32::MAX as usize)]
     pub grpc_max_message_bytes: usize,
 
-    /// Port of the HTTP endpoint. Accepted for compatibility; HTTP is not served yet.
+    /// Port of the HTTP/REST endpoint (KServe v2). 0 picks a free port.
     #[arg(long, default_value_t = 8000)]
     pub http_port: u16,
-    /// Address of the HTTP endpoint. Accepted for compatibility; HTTP is not served yet.
+    /// Address the HTTP endpoint binds.
     #[arg(long, default_value = "0.0.0.0")]
     pub http_address: IpAddr,
-    /// Serve HTTP. Accepted for compatibility; HTTP is not served yet.
+    /// Serve HTTP/REST.
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
     pub allow_http: bool,
+    /// Largest HTTP request body in bytes, before and after decompression.
+    #[arg(long, default_value_t = 1 << 26, value_parser = clap::value_parser!(u64).range(1..=(isize::MAX as u64)))]
+    pub http_max_input_size: u64,
+    /// Most non-empty chunks in one HTTP request body.
+    #[arg(long, default_value_t = 65_536)]
+    pub http_max_chunks: usize,
+    /// Deepest JSON nesting accepted in an HTTP request.
+    #[arg(long, default_value_t = 100)]
+    pub http_max_json_depth: usize,
+    /// Restrict HTTP API categories to requests carrying a header:
+    /// `<category,...>:<key>=<value>` (value `@FILE` reads it from FILE). Repeatable.
+    #[arg(long)]
+    pub http_restricted_api: Vec<String>,
+    /// Restrict gRPC API categories to requests carrying metadata:
+    /// `<category,...>:<key>=<value>` (value `@FILE` reads it from FILE). Repeatable.
+    #[arg(long)]
+    pub grpc_restricted_protocol: Vec<String>,
     /// Port of the Prometheus endpoint (`GET /metrics`). 0 picks a free port.
     #[arg(long, default_value_t = 8002)]
     pub metrics_port: u16,

@@ -15,7 +15,40 @@ use crate::request::{validate, InferRequest, InferResponse};
 use crate::stats::{FailureReason, StatsSnapshot};
 
 /// Protocol extensions ServerMetadata reports (perf_analyzer reads "statistics").
-pub const EXTENSIONS: [&str; 3] = ["model_configuration", "statistics", "schedule_policy"];
+pub const EXTENSIONS: [&str; 4] = [
+    "model_configuration",
+    "statistics",
+    "schedule_policy",
+    "binary_tensor_data",
+];
+
+/// ServerMetadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerMetadata {
+    pub name: String,
+    pub version: String,
+    pub extensions: Vec<String>,
+}
+
+/// One tensor of ModelMetadata, with the API shape (`-1` batch dim when batching).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorMetadata {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+/// ModelMetadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelMetadata {
+    pub name: String,
+    /// Every READY version, ascending.
+    pub versions: Vec<String>,
+    /// The config's `platform`, or its `backend` when no platform is set.
+    pub platform: String,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
+}
 
 /// Statistics of one model version.
 #[derive(Debug, Clone)]
@@ -62,6 +95,42 @@ impl Core {
     /// Stops taking new inference requests; readiness goes false.
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// ServerMetadata: `--id`, our version and the extensions we implement.
+    pub fn server_metadata(&self) -> ServerMetadata {
+        ServerMetadata {
+            name: self.id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// ModelMetadata of the version `version` resolves to.
+    pub fn model_metadata(&self, name: &str, version: &str) -> Result<ModelMetadata, InferError> {
+        let m = self.model(name, version)?;
+        let spec = &m.spec;
+        let meta = |io: &crate::model::IoSpec| TensorMetadata {
+            name: io.name.clone(),
+            datatype: io.dtype.wire_name().to_string(),
+            shape: spec.api_dims(io),
+        };
+        let platform = if m.config.platform.is_empty() {
+            m.config.backend.clone()
+        } else {
+            m.config.platform.clone()
+        };
+        Ok(ModelMetadata {
+            name: spec.name.clone(),
+            versions: self
+                .ready_versions(name)
+                .iter()
+                .map(i64::to_string)
+                .collect(),
+            platform,
+            inputs: spec.inputs.iter().map(meta).collect(),
+            outputs: spec.outputs.iter().map(meta).collect(),
+        })
     }
 
     /// Is this model (version) ready? Unknown models are simply not ready (status OK, as in

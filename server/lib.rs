@@ -46,6 +46,8 @@ use tokio::net::TcpListener;
 
 use crate::api::grpc::GrpcService;
 use crate::api::health::HealthService;
+use crate::api::http::{HttpEndpoint, HttpLimits};
+use crate::api::restrict::Restrictions;
 use crate::config::Args;
 use crate::core::Core;
 use crate::proto::health::health_server::HealthServer;
@@ -87,23 +89,106 @@ pub async fn run(
         tracing::warn!(models = ?failed, "some models failed to load; serving the rest");
     }
     let core = Core::new(repository, args.id.clone(), args.strict_readiness);
-
-    if !args.allow_grpc {
-        anyhow::bail!("--allow-grpc=false leaves no endpoint: HTTP is not implemented yet");
+    if !args.allow_grpc && !args.allow_http {
+        anyhow::bail!("--allow-grpc=false and --allow-http=false leave no endpoint");
     }
-    let addr = SocketAddr::new(args.grpc_address, args.grpc_port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot bind gRPC endpoint {addr}"))?;
-    let local = listener.local_addr()?;
-    tracing::info!("Started GRPCInferenceService at {local}");
+    let http_restrictions =
+        Restrictions::parse(&args.http_restricted_api).map_err(anyhow::Error::msg)?;
 
-    let limit = args.grpc_max_message_bytes;
+    // Every endpoint stops when `stop` turns true.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut endpoints: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
+    if args.allow_grpc {
+        let addr = SocketAddr::new(args.grpc_address, args.grpc_port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind gRPC endpoint {addr}"))?;
+        tracing::info!("Started GRPCInferenceService at {}", listener.local_addr()?);
+        endpoints.spawn(serve_grpc(
+            listener,
+            core.clone(),
+            args.grpc_max_message_bytes,
+            stopped(stop_rx.clone()),
+        ));
+    }
+    if args.allow_http {
+        let addr = SocketAddr::new(args.http_address, args.http_port);
+        let limits = HttpLimits {
+            max_input_bytes: usize::try_from(args.http_max_input_size).unwrap_or(usize::MAX),
+            max_chunks: args.http_max_chunks,
+            max_json_depth: args.http_max_json_depth,
+        };
+        let endpoint = HttpEndpoint::bind(addr, core.clone(), limits, http_restrictions).await?;
+        let stop = stopped(stop_rx.clone());
+        endpoints.spawn(async move {
+            endpoint.serve(stop).await;
+            Ok(())
+        });
+    }
+    // Metrics stay up through the drain, like Triton's; they stop with the process.
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(handle) = metrics_handle {
+        let addr = SocketAddr::new(
+            args.metrics_address.unwrap_or(args.http_address),
+            args.metrics_port,
+        );
+        let interval = Duration::from_millis(args.metrics_interval_ms);
+        let endpoint = metrics::MetricsEndpoint::bind(
+            addr,
+            core.clone(),
+            handle,
+            interval,
+            args.allow_cpu_metrics,
+        )
+        .await?;
+        tokio::spawn(endpoint.serve(async {
+            let _ = metrics_stop_rx.await;
+        }));
+    }
+    let drain_core = core.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        // Readiness first, then new requests are refused, then the endpoints drain.
+        drain_core.stop_accepting();
+        let _ = stop_tx.send(true);
+    });
+    let exit_timeout = Duration::from_secs(args.exit_timeout_secs);
+    let mut signalled = stop_rx.clone();
+    tokio::select! {
+        r = async {
+            while let Some(r) = endpoints.join_next().await {
+                r.context("endpoint task panicked")??;
+            }
+            anyhow::Ok(())
+        } => r?,
+        _ = async {
+            // Once shutdown starts, in-flight requests get `--exit-timeout-secs` to finish.
+            let _ = signalled.wait_for(|s| *s).await;
+            tokio::time::sleep(exit_timeout).await;
+        } => tracing::warn!("exit timeout reached with requests still in flight"),
+    }
+    let _ = metrics_stop_tx.send(());
+    let core_for_unload = core.clone();
+    let _ = tokio::task::spawn_blocking(move || core_for_unload.repository.unload_all()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves `inference.GRPCInferenceService` and `grpc.health.v1.Health` on `listener` until
+/// `stop` resolves, then waits for in-flight calls.
+async fn serve_grpc(
+    listener: TcpListener,
+    core: std::sync::Arc<Core>,
+    max_message_bytes: usize,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let infer = GrpcInferenceServiceServer::new(GrpcService::new(core.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let health = HealthServer::new(HealthService::new(core.clone()));
-
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let health = HealthServer::new(HealthService::new(core));
     // tonic applies `tcp_nodelay` only to listeners it binds itself: set it on every accepted
     // stream, or small responses wait on Nagle's algorithm (measured: p99 40 ms at c=4).
     let incoming = tokio_stream::StreamExt::map(
@@ -116,64 +201,12 @@ pub async fn run(
             })
         },
     );
-    let metrics_endpoint = match metrics_handle {
-        Some(handle) => {
-            let addr = SocketAddr::new(
-                args.metrics_address.unwrap_or(args.http_address),
-                args.metrics_port,
-            );
-            let interval = Duration::from_millis(args.metrics_interval_ms);
-            Some(
-                metrics::MetricsEndpoint::bind(
-                    addr,
-                    core.clone(),
-                    handle,
-                    interval,
-                    args.allow_cpu_metrics,
-                )
-                .await?,
-            )
-        }
-        None => None,
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    if let Some(endpoint) = metrics_endpoint {
-        tokio::spawn(endpoint.serve(async {
-            let _ = metrics_stop_rx.await;
-        }));
-    }
-    let drain_core = core.clone();
-    let signal_task = tokio::spawn(async move {
-        shutdown.await;
-        // Readiness first, then new requests are refused, then the endpoint drains.
-        drain_core.stop_accepting();
-        let _ = stop_tx.send(());
-    });
-    let server = tonic::transport::Server::builder()
+    tonic::transport::Server::builder()
         .add_service(infer)
         .add_service(health)
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
-    let mut server = std::pin::pin!(server);
-    let exit_timeout = Duration::from_secs(args.exit_timeout_secs);
-    tokio::select! {
-        r = &mut server => r.context("gRPC server failed")?,
-        _ = async {
-            // Once shutdown starts, in-flight requests get `--exit-timeout-secs` to finish.
-            while !signal_task.is_finished() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tokio::time::sleep(exit_timeout).await;
-        } => tracing::warn!("exit timeout reached with requests still in flight"),
-    }
-    // Metrics stay up through the drain, like Triton's; they stop with the process.
-    let _ = metrics_stop_tx.send(());
-    let core_for_unload = core.clone();
-    let _ = tokio::task::spawn_blocking(move || core_for_unload.repository.unload_all()).await;
-    tracing::info!("stopped");
-    Ok(())
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await
+        .context("gRPC server failed")
 }
 
 /// Sets up logging for `--log-verbose`.

@@ -12,3 +12,17 @@ pub mod health {
 
 /// Encoded `FileDescriptorSet` of every file in `proto/`, for prost-reflect.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+
+/// The descriptor of message `full_name` (e.g. `inference.ModelConfig`) in [`DESCRIPTOR_SET`].
+pub fn message_descriptor(full_name: &str) -> Result<prost_reflect::MessageDescriptor, String> {
+    use std::sync::OnceLock;
+    static POOL: OnceLock<Result<prost_reflect::DescriptorPool, String>> = OnceLock::new();
+    let pool = POOL
+        .get_or_init(|| {
+            prost_reflect::DescriptorPool::decode(DESCRIPTOR_SET).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)?;
+    pool.get_message_by_name(full_name)
+        .ok_or_else(|| format!("{full_name} missing from descriptors"))
+}

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::core::VersionStats;
+use crate::core::{ModelMetadata, ServerMetadata, TensorMetadata, VersionStats};
 use crate::error::InferError;
 use crate::proto::inference as pb;
 use crate::request::{InferRequest, InferResponse, InputTensor, ParamValue};
@@ -188,6 +188,31 @@ pub fn encode_infer_response(resp: InferResponse) -> pb::ModelInferResponse {
         parameters: HashMap::new(),
         outputs,
         raw_output_contents: raw,
+    }
+}
+
+/// Core server metadata → `ServerMetadataResponse`.
+pub fn encode_server_metadata(m: ServerMetadata) -> pb::ServerMetadataResponse {
+    pb::ServerMetadataResponse {
+        name: m.name,
+        version: m.version,
+        extensions: m.extensions,
+    }
+}
+
+/// Core model metadata → `ModelMetadataResponse`.
+pub fn encode_model_metadata(m: ModelMetadata) -> pb::ModelMetadataResponse {
+    let tensor = |t: TensorMetadata| pb::model_metadata_response::TensorMetadata {
+        name: t.name,
+        datatype: t.datatype,
+        shape: t.shape,
+    };
+    pb::ModelMetadataResponse {
+        name: m.name,
+        versions: m.versions,
+        platform: m.platform,
+        inputs: m.inputs.into_iter().map(tensor).collect(),
+        outputs: m.outputs.into_iter().map(tensor).collect(),
     }
 }
 

@@ -3,3 +3,5 @@
 pub mod convert;
 pub mod grpc;
 pub mod health;
+pub mod http;
+pub mod restrict;

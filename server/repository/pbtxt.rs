@@ -6,10 +6,10 @@
 
 use std::sync::OnceLock;
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use prost_reflect::{DynamicMessage, MessageDescriptor};
 
 use crate::proto::inference::ModelConfig;
-use crate::proto::DESCRIPTOR_SET;
+use crate::proto::message_descriptor;
 
 /// A parsed config and which top-level fields the file set explicitly.
 #[derive(Debug, Clone)]
@@ -21,13 +21,9 @@ pub struct ParsedConfig {
 
 fn model_config_descriptor() -> Result<&'static MessageDescriptor, String> {
     static DESC: OnceLock<Result<MessageDescriptor, String>> = OnceLock::new();
-    DESC.get_or_init(|| {
-        let pool = DescriptorPool::decode(DESCRIPTOR_SET).map_err(|e| e.to_string())?;
-        pool.get_message_by_name("inference.ModelConfig")
-            .ok_or_else(|| "inference.ModelConfig missing from descriptors".to_string())
-    })
-    .as_ref()
-    .map_err(Clone::clone)
+    DESC.get_or_init(|| message_descriptor("inference.ModelConfig"))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// Parses the text of a `config.pbtxt`.
