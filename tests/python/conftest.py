@@ -3,6 +3,8 @@
 * ``server``      -- session-scoped server over ``model_repository/`` (the example models).
 * ``client``      -- ``tritonclient.grpc.InferenceServerClient`` connected to ``server``.
 * ``stub``        -- raw ``GRPCInferenceServiceStub`` connected to ``server``.
+* ``http_client`` -- ``tritonclient.http.InferenceServerClient`` connected to ``server``
+                     (``server.http_url`` is its ``host:port``).
 * ``switchyard``  -- factory: ``switchyard(repo, *extra_args, wait=True)`` starts a server over a
                      custom repository and returns a :class:`Server` (unpacks as
                      ``url, process, log_path``); every server it started is stopped with SIGTERM at
@@ -96,6 +98,9 @@ class Server:
         self.cmd = cmd
         self.grpc_port = int(url.rsplit(":", 1)[1])
         self.metrics_url = ""
+        self.http_port = 0
+        # host:port of the HTTP endpoint (tritonclient.http style; prefix http:// for requests).
+        self.http_url = ""
 
     # `url, process, log = switchyard(...)`
     def __iter__(self):
@@ -109,6 +114,11 @@ class Server:
 
     def client(self) -> grpcclient.InferenceServerClient:
         return grpcclient.InferenceServerClient(self.url)
+
+    def http_client(self, **kwargs):
+        import tritonclient.http as httpclient
+
+        return httpclient.InferenceServerClient(self.http_url, **kwargs)
 
     def stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
         return h.make_stub(self.url)
@@ -209,6 +219,8 @@ def start_server(
             )
         srv = Server(proc, f"127.0.0.1:{grpc_port}", log_path, cmd)
         srv.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        srv.http_port = http_port
+        srv.http_url = f"127.0.0.1:{http_port}"
         _LIVE.append(srv)
         if not wait:
             return srv
@@ -247,6 +259,13 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def client(server):
     c = server.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def http_client(server):
+    c = server.http_client()
     yield c
     c.close()
 
