@@ -90,9 +90,18 @@ pub struct Args {
     /// Report the server ready only when every model loaded.
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
     pub strict_readiness: bool,
-    /// Model control mode. Only `none` is implemented so far: load everything at startup.
-    #[arg(long, default_value = "none", value_parser = ["none"])]
+    /// Model control mode: `none` loads everything at startup and never changes; `poll`
+    /// also follows the repository on disk; `explicit` loads the `--load-model` models and
+    /// then only what the load/unload API asks for.
+    #[arg(long, default_value = "none", value_parser = ["none", "poll", "explicit"])]
     pub model_control_mode: String,
+    /// Seconds between repository scans in `poll` mode.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repository_poll_secs: u64,
+    /// Model to load at startup in `explicit` mode (repeatable); `*` loads every model and
+    /// must then be the only one.
+    #[arg(long)]
+    pub load_model: Vec<String>,
     /// Do not fill in missing inputs, outputs and max_batch_size from the model file.
     #[arg(long, default_value_t = false, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
     pub disable_auto_complete_config: bool,
@@ -176,7 +185,22 @@ mod tests {
         assert!(Args::try_parse_from([
             "switchyard",
             "--model-repository=/m",
-            "--model-control-mode=poll"
+            "--model-control-mode=bogus"
+        ])
+        .is_err());
+        let e = Args::try_parse_from([
+            "switchyard",
+            "--model-repository=/m",
+            "--model-control-mode=explicit",
+            "--load-model=a",
+            "--load-model=b",
+        ])
+        .unwrap();
+        assert_eq!(e.load_model, vec!["a", "b"]);
+        assert!(Args::try_parse_from([
+            "switchyard",
+            "--model-repository=/m",
+            "--repository-poll-secs=0"
         ])
         .is_err());
     }

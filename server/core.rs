@@ -10,13 +10,14 @@ use tokio::time::Instant;
 
 use crate::error::InferError;
 use crate::proto::inference::ModelConfig;
-use crate::repository::{IndexEntry, ModelRepository, ModelVersion, VersionState};
+use crate::repository::{IndexEntry, LoadRequest, ModelRepository, ModelVersion, VersionState};
 use crate::request::{validate, InferRequest, InferResponse};
 use crate::stats::{FailureReason, StatsSnapshot};
 
 /// Protocol extensions ServerMetadata reports (perf_analyzer reads "statistics").
-pub const EXTENSIONS: [&str; 4] = [
+pub const EXTENSIONS: [&str; 5] = [
     "model_configuration",
+    "model_repository",
     "statistics",
     "schedule_policy",
     "binary_tensor_data",
@@ -209,6 +210,28 @@ impl Core {
             version: m.spec.version,
             stats: m.stats.snapshot(),
         }])
+    }
+
+    /// RepositoryModelLoad: loads or reloads `name`; returns once it serves (explicit mode).
+    pub async fn load_model(
+        self: &Arc<Self>,
+        name: &str,
+        request: LoadRequest,
+    ) -> Result<(), InferError> {
+        let core = self.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || core.repository.load(&name, request))
+            .await
+            .map_err(|e| InferError::Internal(format!("model load task failed: {e}")))?
+    }
+
+    /// RepositoryModelUnload: in-flight requests finish; new ones are refused.
+    pub async fn unload_model(self: &Arc<Self>, name: &str) -> Result<(), InferError> {
+        let core = self.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || core.repository.unload(&name))
+            .await
+            .map_err(|e| InferError::Internal(format!("model unload task failed: {e}")))?
     }
 
     /// RepositoryIndex rows.

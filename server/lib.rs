@@ -52,7 +52,7 @@ use crate::config::Args;
 use crate::core::Core;
 use crate::proto::health::health_server::HealthServer;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
-use crate::repository::ModelRepository;
+use crate::repository::{ControlMode, ModelRepository};
 
 /// Loads the repository, serves until `shutdown` resolves, then drains and stops.
 pub async fn run(
@@ -69,9 +69,15 @@ pub async fn run(
         // Every ONNX model will fail its load with this reason; --exit-on-error decides.
         tracing::error!(error = %e, "ONNX Runtime is not available");
     }
-    let repository = ModelRepository::new(&args.model_repository, args.load_options());
+    let mode = ControlMode::parse(&args.model_control_mode).map_err(anyhow::Error::msg)?;
+    let startup = startup_models(mode, &args.load_model)?;
+    let repository = ModelRepository::with_mode(&args.model_repository, args.load_options(), mode);
     let repository = tokio::task::spawn_blocking(move || {
-        repository.load_all().map(|failed| (repository, failed))
+        let failed = match startup {
+            None => repository.load_all()?,
+            Some(names) => repository.load_startup(&names),
+        };
+        std::io::Result::Ok((repository, failed))
     })
     .await
     .context("model loading panicked")?
@@ -148,6 +154,13 @@ pub async fn run(
             let _ = metrics_stop_rx.await;
         }));
     }
+    if mode == ControlMode::Poll {
+        tokio::spawn(poll_repository(
+            core.clone(),
+            Duration::from_secs(args.repository_poll_secs),
+            stopped(stop_rx.clone()),
+        ));
+    }
     let drain_core = core.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -175,6 +188,50 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || core_for_unload.repository.unload_all()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Which models to load at startup: `None` for all of them.
+fn startup_models(mode: ControlMode, load_model: &[String]) -> anyhow::Result<Option<Vec<String>>> {
+    if mode != ControlMode::Explicit {
+        if !load_model.is_empty() {
+            anyhow::bail!("--load-model needs --model-control-mode=explicit");
+        }
+        return Ok(None);
+    }
+    if load_model.iter().any(|m| m == "*") {
+        if load_model.len() > 1 {
+            anyhow::bail!("--load-model=* must be the only --load-model");
+        }
+        return Ok(None);
+    }
+    for name in load_model {
+        repository::validate_model_name(name).map_err(anyhow::Error::msg)?;
+    }
+    Ok(Some(load_model.to_vec()))
+}
+
+/// `poll` mode: rescans the repository every `every` until `stop`.
+async fn poll_repository(
+    core: std::sync::Arc<Core>,
+    every: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let c = core.clone();
+        match tokio::task::spawn_blocking(move || c.repository.poll()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot scan the model repository"),
+            Err(e) => tracing::error!(error = %e, "repository poll task failed"),
+        }
+    }
 }
 
 /// Serves `inference.GRPCInferenceService` and `grpc.health.v1.Health` on `listener` until

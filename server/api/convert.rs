@@ -7,6 +7,7 @@ use bytes::Bytes;
 use crate::core::{ModelMetadata, ServerMetadata, TensorMetadata, VersionStats};
 use crate::error::InferError;
 use crate::proto::inference as pb;
+use crate::repository::LoadRequest;
 use crate::request::{InferRequest, InferResponse, InputTensor, ParamValue};
 use crate::stats::CountNs;
 use crate::tensor::{join_bytes_elements, DataType};
@@ -189,6 +190,38 @@ pub fn encode_infer_response(resp: InferResponse) -> pb::ModelInferResponse {
         outputs,
         raw_output_contents: raw,
     }
+}
+
+/// RepositoryModelLoad parameters: `config` (string JSON) and `file:<path>` (bytes).
+pub fn decode_load_request(
+    parameters: HashMap<String, pb::ModelRepositoryParameter>,
+) -> Result<LoadRequest, InferError> {
+    use pb::model_repository_parameter::ParameterChoice as C;
+    let mut request = LoadRequest::default();
+    for (key, p) in parameters {
+        match (key.as_str(), p.parameter_choice) {
+            ("config", Some(C::StringParam(c))) => request.config = Some(c),
+            ("config", _) => {
+                return Err(InferError::invalid(
+                    "parameter 'config' must be a string holding the JSON config",
+                ))
+            }
+            (k, Some(C::BytesParam(b))) if k.starts_with("file:") => {
+                request.files.push((k["file:".len()..].to_string(), b));
+            }
+            (k, _) if k.starts_with("file:") => {
+                return Err(InferError::invalid(format!(
+                    "parameter '{k}' must hold the file's bytes"
+                )))
+            }
+            (k, _) => {
+                return Err(InferError::invalid(format!(
+                    "unrecognized load parameter '{k}'"
+                )))
+            }
+        }
+    }
+    Ok(request)
 }
 
 /// Core server metadata → `ServerMetadataResponse`.

@@ -8,8 +8,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::convert::{decode_infer_request, encode_infer_response, encode_statistics};
-use crate::core::{Core, EXTENSIONS};
+use super::convert::{
+    decode_infer_request, decode_load_request, encode_infer_response, encode_model_metadata,
+    encode_server_metadata, encode_statistics,
+};
+use crate::core::Core;
 use crate::error::InferError;
 use crate::proto::inference as pb;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceService;
@@ -48,6 +51,16 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+fn check_repository_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::unimplemented(
+            "repository_name must be empty: Switchyard serves one repository",
+        ))
+    }
 }
 
 fn unimplemented(rpc: &str) -> Status {
@@ -103,11 +116,9 @@ impl GrpcInferenceService for GrpcService {
         &self,
         _: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
-        Ok(Response::new(pb::ServerMetadataResponse {
-            name: self.core.id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
-        }))
+        Ok(Response::new(encode_server_metadata(
+            self.core.server_metadata(),
+        )))
     }
 
     async fn model_metadata(
@@ -115,30 +126,9 @@ impl GrpcInferenceService for GrpcService {
         req: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = req.into_inner();
-        let m = self.core.model(&r.name, &r.version)?;
-        let spec = &m.spec;
-        let meta = |io: &crate::model::IoSpec| pb::model_metadata_response::TensorMetadata {
-            name: io.name.clone(),
-            datatype: io.dtype.wire_name().to_string(),
-            shape: spec.api_dims(io),
-        };
-        let platform = if m.config.platform.is_empty() {
-            m.config.backend.clone()
-        } else {
-            m.config.platform.clone()
-        };
-        Ok(Response::new(pb::ModelMetadataResponse {
-            name: spec.name.clone(),
-            versions: self
-                .core
-                .ready_versions(&r.name)
-                .iter()
-                .map(i64::to_string)
-                .collect(),
-            platform,
-            inputs: spec.inputs.iter().map(meta).collect(),
-            outputs: spec.outputs.iter().map(meta).collect(),
-        }))
+        Ok(Response::new(encode_model_metadata(
+            self.core.model_metadata(&r.name, &r.version)?,
+        )))
     }
 
     async fn model_infer(
@@ -192,11 +182,7 @@ impl GrpcInferenceService for GrpcService {
         req: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
         let r = req.into_inner();
-        if !r.repository_name.is_empty() {
-            return Err(Status::unimplemented(
-                "repository_name must be empty: Switchyard serves one repository",
-            ));
-        }
+        check_repository_name(&r.repository_name)?;
         let models = self
             .core
             .index(r.ready)
@@ -213,16 +199,24 @@ impl GrpcInferenceService for GrpcService {
 
     async fn repository_model_load(
         &self,
-        _: Request<pb::RepositoryModelLoadRequest>,
+        req: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
-        Err(unimplemented("RepositoryModelLoad"))
+        let r = req.into_inner();
+        check_repository_name(&r.repository_name)?;
+        let request = decode_load_request(r.parameters)?;
+        self.core.load_model(&r.model_name, request).await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _: Request<pb::RepositoryModelUnloadRequest>,
+        req: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
-        Err(unimplemented("RepositoryModelUnload"))
+        let r = req.into_inner();
+        check_repository_name(&r.repository_name)?;
+        // `unload_dependents` is accepted; Switchyard has no ensembles to cascade to.
+        self.core.unload_model(&r.model_name).await?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
     async fn system_shared_memory_status(

@@ -1,12 +1,14 @@
 //! Loading one model directory: config, version selection, engines, instances.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::autocomplete::{auto_complete, model_spec, normalize};
+use super::paths::{inside, plain_relative};
 use super::pbtxt::parse_model_config;
 use super::schedule::scheduler_config;
+use super::warmup;
 use super::{ModelEntry, ModelVersion, VersionState};
 use crate::config::LoadOptions;
 use crate::executor::instance::spawn_instance;
@@ -20,17 +22,19 @@ use crate::stats::ModelStats;
 
 const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
 
-/// Loads model `name` from `root`. Never fails: problems become UNAVAILABLE states.
-pub fn load_model(root: &Path, name: &str, options: &LoadOptions) -> ModelEntry {
+/// Loads model `name` from its directory `model_dir`, with `config.pbtxt` or, when given,
+/// `config_override` (the load API's `config`). Never fails: problems become UNAVAILABLE
+/// states.
+pub fn load_model(
+    model_dir: &Path,
+    name: &str,
+    options: &LoadOptions,
+    config_override: Option<ModelConfig>,
+) -> ModelEntry {
     let started = tokio::time::Instant::now();
-    let entry = match load_config(root, name, options) {
-        Err(error) => ModelEntry {
-            name: name.to_string(),
-            config: None,
-            versions: BTreeMap::new(),
-            error: Some(error),
-        },
-        Ok((config, has_mbs)) => load_versions(root, name, config, has_mbs, options),
+    let entry = match load_config(model_dir, name, options, config_override) {
+        Err(error) => ModelEntry::failed(name, None, error),
+        Ok((config, has_mbs)) => load_versions(model_dir, name, config, has_mbs, options),
     };
     match &entry.error {
         Some(e) => tracing::error!(model = name, error = %e, "failed to load model"),
@@ -55,16 +59,25 @@ pub fn load_model(root: &Path, name: &str, options: &LoadOptions) -> ModelEntry 
 }
 
 fn load_config(
-    root: &Path,
+    model_dir: &Path,
     name: &str,
     options: &LoadOptions,
+    config_override: Option<ModelConfig>,
 ) -> Result<(ModelConfig, bool), String> {
-    let path = root.join(name).join("config.pbtxt");
-    let (mut config, has_mbs) = match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let parsed = parse_model_config(&text).map_err(|e| format!("model '{name}': {e}"))?;
-            (parsed.config, parsed.has_max_batch_size)
+    let path = model_dir.join("config.pbtxt");
+    let read = match config_override {
+        Some(c) => {
+            let has_mbs = c.max_batch_size != 0;
+            Ok(Ok((c, has_mbs)))
         }
+        None => std::fs::read_to_string(&path).map(|text| {
+            parse_model_config(&text)
+                .map(|p| (p.config, p.has_max_batch_size))
+                .map_err(|e| format!("model '{name}': {e}"))
+        }),
+    };
+    let (mut config, has_mbs) = match read {
+        Ok(parsed) => parsed?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && options.auto_complete => {
             (ModelConfig::default(), false)
         }
@@ -94,6 +107,7 @@ fn load_config(
             config.platform, config.backend
         ));
     }
+    check_config_paths(&config, model_dir).map_err(|e| format!("model '{name}': {e}"))?;
     for g in &config.instance_group {
         if g.kind == Kind::Gpu as i32 {
             return Err(format!(
@@ -104,6 +118,26 @@ fn load_config(
         }
     }
     Ok((config, has_mbs))
+}
+
+/// Every path a config names must stay inside the model directory; none of them is read here.
+fn check_config_paths(config: &ModelConfig, model_dir: &Path) -> Result<(), String> {
+    if !config.default_model_filename.is_empty() {
+        plain_relative(&config.default_model_filename, "default_model_filename")?;
+    }
+    for (cc, file) in &config.cc_model_filenames {
+        plain_relative(file, &format!("cc_model_filenames['{cc}']"))?;
+    }
+    for o in &config.output {
+        if !o.label_filename.is_empty() {
+            inside(
+                model_dir,
+                &o.label_filename,
+                &format!("output '{}' label_filename", o.name),
+            )?;
+        }
+    }
+    warmup::check_paths(config, model_dir)
 }
 
 /// Numeric version directories without a leading zero.
@@ -146,28 +180,19 @@ pub fn select_versions(config: &ModelConfig, available: &[i64]) -> Vec<i64> {
 /// The model file of a version: `default_model_filename` (or `model.onnx`) inside the version
 /// directory, never outside it. A directory holding `model.onnx` is accepted too.
 pub fn model_file(version_dir: &Path, filename: &str) -> Result<PathBuf, String> {
-    let rel = Path::new(filename);
-    if filename.is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(format!(
-            "default_model_filename '{filename}' must be a plain relative path inside the version directory"
-        ));
-    }
-    let mut path = version_dir.join(rel);
+    let what = "default_model_filename";
+    let mut path = inside(version_dir, filename, what)?;
     if path.is_dir() {
-        path = path.join(DEFAULT_MODEL_FILENAME);
+        path = inside(
+            version_dir,
+            &format!("{filename}/{DEFAULT_MODEL_FILENAME}"),
+            what,
+        )?;
     }
-    let canonical = path
-        .canonicalize()
-        .map_err(|e| format!("model file '{}' not found: {e}", path.display()))?;
-    let base = version_dir
-        .canonicalize()
-        .map_err(|e| format!("version directory '{}': {e}", version_dir.display()))?;
-    if !canonical.starts_with(&base) {
-        return Err(format!(
-            "model file '{filename}' resolves outside its version directory"
-        ));
+    if !path.is_file() {
+        return Err(format!("model file '{}' not found", path.display()));
     }
-    Ok(canonical)
+    Ok(path)
 }
 
 fn intra_op_threads(config: &ModelConfig, options: &LoadOptions) -> Result<usize, String> {
@@ -183,20 +208,16 @@ fn intra_op_threads(config: &ModelConfig, options: &LoadOptions) -> Result<usize
 }
 
 fn load_versions(
-    root: &Path,
+    model_dir: &Path,
     name: &str,
     mut config: ModelConfig,
     has_mbs: bool,
     options: &LoadOptions,
 ) -> ModelEntry {
-    let model_dir = root.join(name);
-    let fail = |config: Option<ModelConfig>, error: String| ModelEntry {
-        name: name.to_string(),
-        config: config.map(Arc::new),
-        versions: BTreeMap::new(),
-        error: Some(error),
+    let fail = |config: Option<ModelConfig>, error: String| {
+        ModelEntry::failed(name, config.map(Arc::new), error)
     };
-    let available = version_dirs(&model_dir);
+    let available = version_dirs(model_dir);
     let selected = select_versions(&config, &available);
     if selected.is_empty() {
         return fail(
@@ -250,7 +271,12 @@ fn load_versions(
         let state = engine
             .and_then(|(path, first, first_load)| {
                 let t0 = tokio::time::Instant::now();
-                start_version(&config, v, path, first, instances, options, threads).map(|mut m| {
+                let source = VersionSource {
+                    model_dir,
+                    version: v,
+                    path,
+                };
+                start_version(&config, source, first, instances, options, threads).map(|mut m| {
                     m.load_duration = first_load + t0.elapsed();
                     m
                 })
@@ -264,18 +290,32 @@ fn load_versions(
         config: Some(config),
         versions,
         error: None,
+        reload_error: None,
+        override_dir: None,
     }
+}
+
+/// Where one version's files are.
+struct VersionSource<'a> {
+    model_dir: &'a Path,
+    version: i64,
+    /// The model file.
+    path: PathBuf,
 }
 
 fn start_version(
     config: &Arc<ModelConfig>,
-    version: i64,
-    path: PathBuf,
+    source: VersionSource<'_>,
     first: OnnxEngine,
     instances: usize,
     options: &LoadOptions,
     threads: usize,
 ) -> Result<ModelVersion, String> {
+    let VersionSource {
+        model_dir,
+        version,
+        path,
+    } = source;
     let spec = Arc::new(model_spec(
         config,
         version,
@@ -293,6 +333,14 @@ fn start_version(
         engines.push(Box::new(
             OnnxEngine::load(&path, threads).map_err(|e| e.to_string())?,
         ));
+    }
+    // Warm every instance before the version can take traffic.
+    let samples = warmup::samples(config, &spec, model_dir)?;
+    if !samples.is_empty() {
+        let outputs: Vec<String> = spec.outputs.iter().map(|o| o.name.clone()).collect();
+        for engine in &mut engines {
+            warmup::run(engine.as_mut(), &samples, &outputs)?;
+        }
     }
     let (scheduler, channels) = Scheduler::start(&config.name, sched, engines.len(), stats.clone())
         .map_err(|e| format!("cannot start the batcher thread: {e}"))?;

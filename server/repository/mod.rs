@@ -6,9 +6,12 @@
 //! model keeps serving.
 
 mod autocomplete;
+mod control;
 mod load;
+pub mod paths;
 pub mod pbtxt;
 mod schedule;
+mod warmup;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +31,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use autocomplete::DEFAULT_MAX_BATCH_SIZE;
+pub use control::{ControlMode, LoadRequest};
+pub use paths::validate_model_name;
+
+/// The reason an unloaded version shows in the index; strict readiness allows it (Triton's rule).
+pub const UNLOADED: &str = "unloaded";
 
 /// A loaded, serving model version.
 #[derive(Debug)]
@@ -81,17 +89,66 @@ pub struct ModelEntry {
     pub versions: BTreeMap<i64, VersionState>,
     /// Why the whole model failed (bad config, no versions), if it did.
     pub error: Option<String>,
+    /// Why the last load or reload failed while this entry kept serving.
+    pub reload_error: Option<String>,
+    /// The temporary directory of a load with `file:` overrides; removed with the entry.
+    pub override_dir: Option<Arc<tempfile::TempDir>>,
 }
 
 impl ModelEntry {
-    /// Every version the policy selected is READY.
+    /// An entry with no versions that failed for `error`.
+    pub fn failed(name: &str, config: Option<Arc<ModelConfig>>, error: String) -> Self {
+        ModelEntry {
+            name: name.to_string(),
+            config,
+            versions: BTreeMap::new(),
+            error: Some(error),
+            reload_error: None,
+            override_dir: None,
+        }
+    }
+
+    /// Every version is READY, or unloaded on purpose (Triton's strict readiness).
     pub fn all_ready(&self) -> bool {
+        self.error.is_none()
+            && !self.versions.is_empty()
+            && self.versions.values().all(|v| match v {
+                VersionState::Ready(_) => true,
+                VersionState::Unavailable(r) => r == UNLOADED,
+            })
+    }
+
+    /// Every version the load selected is READY (none unloaded, none failed).
+    pub fn loaded_ok(&self) -> bool {
         self.error.is_none()
             && !self.versions.is_empty()
             && self
                 .versions
                 .values()
                 .all(|v| matches!(v, VersionState::Ready(_)))
+    }
+
+    /// At least one version serves.
+    pub fn serving(&self) -> bool {
+        self.versions
+            .values()
+            .any(|v| matches!(v, VersionState::Ready(_)))
+    }
+
+    /// Why this entry is not fully loaded: the model error or each failed version's reason.
+    pub fn failure(&self) -> String {
+        if let Some(e) = &self.error {
+            return e.clone();
+        }
+        let reasons: Vec<String> = self
+            .versions
+            .iter()
+            .filter_map(|(v, s)| match s {
+                VersionState::Unavailable(r) if r != UNLOADED => Some(format!("version {v}: {r}")),
+                _ => None,
+            })
+            .collect();
+        reasons.join("; ")
     }
 }
 
@@ -109,43 +166,50 @@ pub struct IndexEntry {
 pub struct ModelRepository {
     root: PathBuf,
     options: LoadOptions,
+    mode: ControlMode,
     models: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
+    /// Serializes loads, unloads and polls; holds what the last poll saw.
+    control: parking_lot::Mutex<control::ControlState>,
+    /// Versions taken out of service, released off the async threads once idle.
+    retired: control::Retired,
 }
 
 impl ModelRepository {
-    /// A repository over `root`; nothing is loaded until [`ModelRepository::load_all`].
+    /// A repository over `root`; nothing is loaded until [`ModelRepository::load_all`] or
+    /// [`ModelRepository::load_startup`].
     pub fn new(root: &Path, options: LoadOptions) -> Self {
+        Self::with_mode(root, options, ControlMode::None)
+    }
+
+    /// A repository with a model control mode.
+    pub fn with_mode(root: &Path, options: LoadOptions, mode: ControlMode) -> Self {
         ModelRepository {
             root: root.to_path_buf(),
             options,
+            mode,
             models: RwLock::new(BTreeMap::new()),
+            control: parking_lot::Mutex::new(control::ControlState::default()),
+            retired: control::Retired::start(),
         }
+    }
+
+    /// The model control mode.
+    pub fn mode(&self) -> ControlMode {
+        self.mode
     }
 
     /// Loads every model directory. Returns the names of models that failed.
     pub fn load_all(&self) -> std::io::Result<Vec<String>> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.root)?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.'))
-            .collect();
-        names.sort();
-        let mut failed = Vec::new();
-        for name in names {
-            let entry = load::load_model(&self.root, &name, &self.options);
-            if !entry.all_ready() {
-                failed.push(name.clone());
-            }
-            self.models.write().insert(name, Arc::new(entry));
-        }
-        Ok(failed)
+        let names = self.scan()?;
+        Ok(self.load_startup(&names))
     }
 
-    /// Removes every model; their queues close and their instance threads finish.
+    /// Removes every model once its in-flight requests are done; queues close and instance
+    /// threads finish.
     pub fn unload_all(&self) {
         let models = std::mem::take(&mut *self.models.write());
         drop(models);
+        self.retired.drain();
     }
 
     /// The entry of model `name`, if the repository has it.
@@ -211,10 +275,24 @@ impl ModelRepository {
         }
     }
 
-    /// RepositoryIndex rows; with `ready_only`, only READY versions.
+    /// RepositoryIndex rows; with `ready_only`, only READY versions. Model directories that
+    /// were never loaded (explicit mode) appear with their name only.
     pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
         let mut rows = Vec::new();
-        for entry in self.entries() {
+        let entries = self.entries();
+        if !ready_only {
+            for name in self.scan().unwrap_or_default() {
+                if !entries.iter().any(|e| e.name == name) {
+                    rows.push(IndexEntry {
+                        name,
+                        version: String::new(),
+                        state: String::new(),
+                        reason: String::new(),
+                    });
+                }
+            }
+        }
+        for entry in entries {
             if let Some(err) = &entry.error {
                 if !ready_only {
                     rows.push(IndexEntry {
@@ -228,7 +306,18 @@ impl ModelRepository {
             }
             for (v, state) in &entry.versions {
                 let (state, reason) = match state {
-                    VersionState::Ready(_) => ("READY", String::new()),
+                    VersionState::Ready(_) => (
+                        "READY",
+                        entry
+                            .reload_error
+                            .as_ref()
+                            .map(|e| {
+                                format!(
+                                    "the last reload failed, the previous load still serves: {e}"
+                                )
+                            })
+                            .unwrap_or_default(),
+                    ),
                     VersionState::Unavailable(r) => ("UNAVAILABLE", r.clone()),
                 };
                 if ready_only && state != "READY" {
@@ -242,6 +331,7 @@ impl ModelRepository {
                 });
             }
         }
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
         rows
     }
 }

@@ -42,6 +42,19 @@ pub fn parse_model_config(text: &str) -> Result<ParsedConfig, String> {
     })
 }
 
+/// Parses the load API's `config` override: a JSON `ModelConfig` as proto3 JSON reads it
+/// (proto or JSON field names, enum names, numbers given as strings). Unknown fields are errors.
+pub fn parse_model_config_json(json: &str) -> Result<ModelConfig, String> {
+    let desc = model_config_descriptor()?;
+    let mut de = serde_json::Deserializer::from_str(json);
+    let msg = DynamicMessage::deserialize(desc.clone(), &mut de)
+        .map_err(|e| format!("failed to parse the config override: {e}"))?;
+    de.end()
+        .map_err(|e| format!("failed to parse the config override: {e}"))?;
+    msg.transcode_to()
+        .map_err(|e| format!("failed to convert the config override: {e}"))
+}
+
 /// Inserts `:` between a field name and a following `[`, outside strings and comments:
 /// `input [ {..} ]` becomes `input :[ {..} ]`. Everything else is left as written.
 pub fn insert_list_colons(text: &str) -> String {
@@ -95,6 +108,20 @@ pub fn insert_list_colons(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_override_json() {
+        let c = parse_model_config_json(
+            r#"{"name":"m","max_batch_size":"16","input":[{"name":"X","data_type":"TYPE_FP32","dims":["4"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.max_batch_size, 16);
+        assert_eq!(c.input[0].dims, vec![4]);
+        let e = parse_model_config_json(r#"{"bogus":1}"#).unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        assert!(parse_model_config_json("{").is_err());
+        assert!(parse_model_config_json("{} x").is_err());
+    }
 
     #[test]
     fn colon_inserted_only_where_missing() {

@@ -33,19 +33,6 @@ pub fn proto_to_json(msg: &impl prost::Message, full_name: &str) -> Result<Vec<u
     Ok(out)
 }
 
-/// Parses a JSON object into proto message `full_name`, accepting what proto3 JSON accepts
-/// (numbers given as strings, enum names). Unknown fields are errors.
-pub fn json_to_proto<M: prost::Message + Default>(
-    json: &str,
-    full_name: &str,
-) -> Result<M, String> {
-    let desc = message_descriptor(full_name)?;
-    let mut de = serde_json::Deserializer::from_str(json);
-    let dynamic = DynamicMessage::deserialize(desc, &mut de).map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
-    dynamic.transcode_to().map_err(|e| e.to_string())
-}
-
 /// The deepest nesting of arrays and objects in `json` (strings are skipped), stopping early
 /// once `limit` is exceeded. Linear time, constant memory: run before any parser recurses.
 pub fn nesting_exceeds(json: &[u8], limit: usize) -> bool {
@@ -344,16 +331,5 @@ mod tests {
             serde_json::from_slice(&proto_to_json(&cfg, "inference.ModelConfig").unwrap()).unwrap();
         assert_eq!(j["max_batch_size"], 8);
         assert_eq!(j["platform"], "");
-        let back: crate::proto::inference::ModelConfig = json_to_proto(
-            r#"{"name":"m","max_batch_size":"16"}"#,
-            "inference.ModelConfig",
-        )
-        .unwrap();
-        assert_eq!(back.max_batch_size, 16);
-        assert!(json_to_proto::<crate::proto::inference::ModelConfig>(
-            r#"{"bogus":1}"#,
-            "inference.ModelConfig"
-        )
-        .is_err());
     }
 }

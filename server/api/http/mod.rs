@@ -23,6 +23,7 @@ use super::restrict::{Category, Restrictions};
 use crate::core::Core;
 use crate::error::InferError;
 use crate::proto::inference as pb;
+use crate::repository::LoadRequest;
 use body::{compress, read_body, BodyError, Encoding};
 
 /// Header naming the length of the JSON part of a binary-extension body.
@@ -451,6 +452,61 @@ fn unsupported_repository(repository: &str) -> Result<(), InferError> {
     }
 }
 
+/// The `parameters` object of a repository request body (empty body: none).
+fn parameters_of(
+    body: &[u8],
+    max_depth: usize,
+) -> Result<serde_json::Map<String, serde_json::Value>, InferError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    if json::nesting_exceeds(body, max_depth) {
+        return Err(InferError::invalid(format!(
+            "JSON nesting is deeper than the limit of {max_depth}"
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| InferError::invalid(format!("failed to parse the request JSON: {e}")))?;
+    match v.get("parameters") {
+        None => Ok(serde_json::Map::new()),
+        Some(serde_json::Value::Object(m)) => Ok(m.clone()),
+        Some(_) => Err(InferError::invalid("'parameters' must be a JSON object")),
+    }
+}
+
+/// The load API's body: `{"parameters": {"config": "<json>", "file:<path>": "<base64>"}}`.
+fn load_request(body: &[u8], max_depth: usize) -> Result<LoadRequest, InferError> {
+    use base64::Engine as _;
+    let mut request = LoadRequest::default();
+    for (key, value) in parameters_of(body, max_depth)? {
+        if key == "config" {
+            let serde_json::Value::String(c) = value else {
+                return Err(InferError::invalid(
+                    "parameter 'config' must be a string holding the JSON config",
+                ));
+            };
+            request.config = Some(c);
+        } else if let Some(path) = key.strip_prefix("file:") {
+            let serde_json::Value::String(b64) = value else {
+                return Err(InferError::invalid(format!(
+                    "parameter '{key}' must be a base64 string"
+                )));
+            };
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| {
+                    InferError::invalid(format!("parameter '{key}': invalid base64: {e}"))
+                })?;
+            request.files.push((path.to_string(), bytes));
+        } else {
+            return Err(InferError::invalid(format!(
+                "unrecognized load parameter '{key}'"
+            )));
+        }
+    }
+    Ok(request)
+}
+
 async fn handle(
     st: &AppState,
     route: Route,
@@ -529,12 +585,20 @@ async fn handle(
                 .collect();
             json_reply(&rows, accept)
         }
-        Route::Load { repository, model } | Route::Unload { repository, model } => {
+        Route::Load { repository, model } => {
             unsupported_repository(&repository)?;
-            return Err(InferError::Unsupported(format!(
-                "model control is not enabled: cannot load or unload '{model}' with --model-control-mode=none"
-            ))
-            .into());
+            let body = read_body(body, headers, &st.limits).await?;
+            let request = load_request(&body, st.limits.max_json_depth)?;
+            core.load_model(&model, request).await?;
+            empty(StatusCode::OK)
+        }
+        Route::Unload { repository, model } => {
+            unsupported_repository(&repository)?;
+            let body = read_body(body, headers, &st.limits).await?;
+            // `unload_dependents` is accepted; Switchyard has no ensembles to cascade to.
+            parameters_of(&body, st.limits.max_json_depth)?;
+            core.unload_model(&model).await?;
+            empty(StatusCode::OK)
         }
         Route::Infer { model, version } => {
             let body = read_body(body, headers, &st.limits).await?;
