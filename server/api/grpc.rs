@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -60,6 +61,48 @@ fn check_repository_name(name: &str) -> Result<(), Status> {
         Err(Status::unimplemented(
             "repository_name must be empty: Switchyard serves one repository",
         ))
+    }
+}
+
+/// Requests of one `ModelStreamInfer` stream that may be in flight at once (queued, running,
+/// or answered but not yet handed to the transport). The stream reads no further request
+/// while this many are, so one stream never has more than this many in the server.
+pub const STREAM_MAX_IN_FLIGHT: usize = 64;
+
+/// Runs one request of a stream. An error is answered in-band (`error_message`) with the
+/// request's id, model name and version, and does not end the stream.
+async fn stream_infer(core: &Core, req: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
+    let (id, model_name, model_version) = (
+        req.id.clone(),
+        req.model_name.clone(),
+        req.model_version.clone(),
+    );
+    let result = match decode_infer_request(req) {
+        Ok(request) => core.infer(request, None).await,
+        Err(e) => Err(e),
+    };
+    let (error_message, mut response) = match result {
+        Ok(response) => (String::new(), encode_infer_response(response)),
+        Err(e) => (
+            e.to_string(),
+            pb::ModelInferResponse {
+                id,
+                model_name,
+                model_version,
+                ..Default::default()
+            },
+        ),
+    };
+    // Non-decoupled models answer each request with exactly one, final, response.
+    response.parameters.insert(
+        "triton_final_response".into(),
+        pb::InferParameter {
+            parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)),
+        },
+    );
+    pb::ModelStreamInferResponse {
+        error_message,
+        infer_response: Some(response),
     }
 }
 
@@ -148,11 +191,22 @@ impl GrpcInferenceService for GrpcService {
 
     type ModelStreamInferStream = ResponseStream;
 
+    /// Responses in request order; up to [`STREAM_MAX_IN_FLIGHT`] requests run concurrently.
+    /// A transport error ends the stream with that status once the requests before it are
+    /// answered; the client going away drops (and so cancels) the requests in flight.
     async fn model_stream_infer(
         &self,
-        _: Request<tonic::Streaming<pb::ModelInferRequest>>,
+        req: Request<tonic::Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        Err(unimplemented("ModelStreamInfer"))
+        let core = Arc::clone(&self.core);
+        let responses = req
+            .into_inner()
+            .map(move |item| {
+                let core = Arc::clone(&core);
+                async move { Ok(stream_infer(&core, item?).await) }
+            })
+            .buffered(STREAM_MAX_IN_FLIGHT);
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn model_config(

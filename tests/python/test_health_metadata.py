@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import grpc
-import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
@@ -253,11 +251,6 @@ def test_statistics_are_per_version(stub):
 # ------------------------------------------------------------------- unimplemented RPCs
 
 
-def _stream_infer(stub, timeout):
-    req = h.infer_request("simple", h.simple_inputs(1))
-    return list(stub.ModelStreamInfer(iter([req]), timeout=timeout))
-
-
 UNIMPLEMENTED = {
     "RepositoryModelLoad": lambda s, t: s.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"), timeout=t),
     "RepositoryModelUnload": lambda s, t: s.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="simple"), timeout=t),
@@ -269,7 +262,6 @@ UNIMPLEMENTED = {
     "CudaSharedMemoryUnregister": lambda s, t: s.CudaSharedMemoryUnregister(pb.CudaSharedMemoryUnregisterRequest(), timeout=t),
     "TraceSetting": lambda s, t: s.TraceSetting(pb.TraceSettingRequest(), timeout=t),
     "LogSettings": lambda s, t: s.LogSettings(pb.LogSettingsRequest(), timeout=t),
-    "ModelStreamInfer": _stream_infer,
 }
 
 
@@ -307,25 +299,3 @@ def test_tritonclient_unimplemented_calls(client):
             call()
         assert ei.value.status() == "StatusCode.UNIMPLEMENTED", str(ei.value)
     assert client.is_model_ready("simple")
-
-
-def test_tritonclient_stream_reports_unimplemented(client):
-    import queue
-
-    results: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
-    try:
-        inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
-        for i in inputs:
-            i.set_data_from_numpy(np.zeros((1, 16), dtype=np.int32))
-        try:
-            client.async_stream_infer("simple", inputs)
-        except InferenceServerException as e:
-            # The stream may already have failed; the detail then comes through the callback.
-            assert "no longer in valid state" in e.message(), e
-        result, error = results.get(timeout=30)
-    finally:
-        client.stop_stream()
-    assert result is None
-    assert error is not None and "UNIMPLEMENTED" in str(error.status()), error
-    assert client.is_server_live()
