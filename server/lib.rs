@@ -100,6 +100,8 @@ pub async fn run(
     }
     let http_restrictions =
         Restrictions::parse(&args.http_restricted_api).map_err(anyhow::Error::msg)?;
+    let grpc_restrictions =
+        Restrictions::parse(&args.grpc_restricted_protocol).map_err(anyhow::Error::msg)?;
 
     // Every endpoint stops when `stop` turns true.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -115,6 +117,7 @@ pub async fn run(
         tracing::info!("Started GRPCInferenceService at {}", listener.local_addr()?);
         endpoints.spawn(serve_grpc(
             listener,
+            GrpcService::new(core.clone(), grpc_restrictions),
             core.clone(),
             args.grpc_max_message_bytes,
             stopped(stop_rx.clone()),
@@ -238,11 +241,12 @@ async fn poll_repository(
 /// `stop` resolves, then waits for in-flight calls.
 async fn serve_grpc(
     listener: TcpListener,
+    service: GrpcService,
     core: std::sync::Arc<Core>,
     max_message_bytes: usize,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let infer = GrpcInferenceServiceServer::new(GrpcService::new(core.clone()))
+    let infer = GrpcInferenceServiceServer::new(service)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     let health = HealthServer::new(HealthService::new(core));

@@ -13,6 +13,7 @@ use super::convert::{
     decode_infer_request, decode_load_request, encode_infer_response, encode_model_metadata,
     encode_server_metadata, encode_statistics,
 };
+use super::restrict::{Category, Restrictions};
 use crate::core::Core;
 use crate::error::InferError;
 use crate::proto::inference as pb;
@@ -114,11 +115,25 @@ fn unimplemented(rpc: &str) -> Status {
 #[derive(Debug, Clone)]
 pub struct GrpcService {
     core: Arc<Core>,
+    restrictions: Arc<Restrictions>,
 }
 
 impl GrpcService {
-    pub fn new(core: Arc<Core>) -> Self {
-        GrpcService { core }
+    pub fn new(core: Arc<Core>, restrictions: Restrictions) -> Self {
+        GrpcService {
+            core,
+            restrictions: Arc::new(restrictions),
+        }
+    }
+
+    /// `--grpc-restricted-protocol`: the call's category may need a metadata key/value.
+    /// Refused with PERMISSION_DENIED (clients do not retry it, as they would UNAVAILABLE).
+    fn allow<T>(&self, category: Category, req: &Request<T>) -> Result<(), Status> {
+        self.restrictions
+            .check(category, |k| {
+                req.metadata().get(k).and_then(|v| v.to_str().ok())
+            })
+            .map_err(|msg| Status::permission_denied(msg.replace("This API", "This protocol")))
     }
 }
 
@@ -129,8 +144,9 @@ type ResponseStream =
 impl GrpcInferenceService for GrpcService {
     async fn server_live(
         &self,
-        _: Request<pb::ServerLiveRequest>,
+        req: Request<pb::ServerLiveRequest>,
     ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        self.allow(Category::Health, &req)?;
         Ok(Response::new(pb::ServerLiveResponse {
             live: self.core.live(),
         }))
@@ -138,8 +154,9 @@ impl GrpcInferenceService for GrpcService {
 
     async fn server_ready(
         &self,
-        _: Request<pb::ServerReadyRequest>,
+        req: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        self.allow(Category::Health, &req)?;
         Ok(Response::new(pb::ServerReadyResponse {
             ready: self.core.ready(),
         }))
@@ -149,6 +166,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        self.allow(Category::Health, &req)?;
         let r = req.into_inner();
         Ok(Response::new(pb::ModelReadyResponse {
             ready: self.core.model_ready(&r.name, &r.version)?,
@@ -157,8 +175,9 @@ impl GrpcInferenceService for GrpcService {
 
     async fn server_metadata(
         &self,
-        _: Request<pb::ServerMetadataRequest>,
+        req: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        self.allow(Category::Metadata, &req)?;
         Ok(Response::new(encode_server_metadata(
             self.core.server_metadata(),
         )))
@@ -168,6 +187,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        self.allow(Category::Metadata, &req)?;
         let r = req.into_inner();
         Ok(Response::new(encode_model_metadata(
             self.core.model_metadata(&r.name, &r.version)?,
@@ -178,6 +198,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        self.allow(Category::Inference, &req)?;
         let deadline = req
             .metadata()
             .get("grpc-timeout")
@@ -198,6 +219,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<tonic::Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        self.allow(Category::Inference, &req)?;
         let core = Arc::clone(&self.core);
         let responses = req
             .into_inner()
@@ -213,6 +235,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        self.allow(Category::ModelConfig, &req)?;
         let r = req.into_inner();
         let config = self.core.model_config(&r.name, &r.version)?;
         Ok(Response::new(pb::ModelConfigResponse {
@@ -224,6 +247,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        self.allow(Category::Statistics, &req)?;
         let r = req.into_inner();
         let stats = self.core.statistics(&r.name, &r.version)?;
         Ok(Response::new(pb::ModelStatisticsResponse {
@@ -235,6 +259,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        self.allow(Category::ModelRepository, &req)?;
         let r = req.into_inner();
         check_repository_name(&r.repository_name)?;
         let models = self
@@ -255,6 +280,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        self.allow(Category::ModelRepository, &req)?;
         let r = req.into_inner();
         check_repository_name(&r.repository_name)?;
         let request = decode_load_request(r.parameters)?;
@@ -266,6 +292,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        self.allow(Category::ModelRepository, &req)?;
         let r = req.into_inner();
         check_repository_name(&r.repository_name)?;
         // `unload_dependents` is accepted; Switchyard has no ensembles to cascade to.
@@ -275,57 +302,65 @@ impl GrpcInferenceService for GrpcService {
 
     async fn system_shared_memory_status(
         &self,
-        _: Request<pb::SystemSharedMemoryStatusRequest>,
+        req: Request<pb::SystemSharedMemoryStatusRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
+        self.allow(Category::SharedMemory, &req)?;
         Err(unimplemented("SystemSharedMemoryStatus"))
     }
 
     async fn system_shared_memory_register(
         &self,
-        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+        req: Request<pb::SystemSharedMemoryRegisterRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        self.allow(Category::SharedMemory, &req)?;
         Err(unimplemented("SystemSharedMemoryRegister"))
     }
 
     async fn system_shared_memory_unregister(
         &self,
-        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+        req: Request<pb::SystemSharedMemoryUnregisterRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        self.allow(Category::SharedMemory, &req)?;
         Err(unimplemented("SystemSharedMemoryUnregister"))
     }
 
     async fn cuda_shared_memory_status(
         &self,
-        _: Request<pb::CudaSharedMemoryStatusRequest>,
+        req: Request<pb::CudaSharedMemoryStatusRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
+        self.allow(Category::SharedMemory, &req)?;
         Err(unimplemented("CudaSharedMemoryStatus"))
     }
 
     async fn cuda_shared_memory_register(
         &self,
-        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+        req: Request<pb::CudaSharedMemoryRegisterRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
+        self.allow(Category::SharedMemory, &req)?;
         Err(unimplemented("CudaSharedMemoryRegister"))
     }
 
     async fn cuda_shared_memory_unregister(
         &self,
-        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+        req: Request<pb::CudaSharedMemoryUnregisterRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
+        self.allow(Category::SharedMemory, &req)?;
         Err(unimplemented("CudaSharedMemoryUnregister"))
     }
 
     async fn trace_setting(
         &self,
-        _: Request<pb::TraceSettingRequest>,
+        req: Request<pb::TraceSettingRequest>,
     ) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        self.allow(Category::Trace, &req)?;
         Err(unimplemented("TraceSetting"))
     }
 
     async fn log_settings(
         &self,
-        _: Request<pb::LogSettingsRequest>,
+        req: Request<pb::LogSettingsRequest>,
     ) -> Result<Response<pb::LogSettingsResponse>, Status> {
+        self.allow(Category::Logging, &req)?;
         Err(unimplemented("LogSettings"))
     }
 }

@@ -252,8 +252,6 @@ def test_statistics_are_per_version(stub):
 
 
 UNIMPLEMENTED = {
-    "RepositoryModelLoad": lambda s, t: s.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"), timeout=t),
-    "RepositoryModelUnload": lambda s, t: s.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="simple"), timeout=t),
     "SystemSharedMemoryStatus": lambda s, t: s.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=t),
     "SystemSharedMemoryRegister": lambda s, t: s.SystemSharedMemoryRegister(
         pb.SystemSharedMemoryRegisterRequest(name="r", key="/k", offset=0, byte_size=64), timeout=t),
@@ -287,10 +285,18 @@ def test_log_file_cannot_be_set_remotely(stub, tmp_path):
     assert not target.exists()
 
 
+def test_load_unload_refused_without_model_control(client):
+    """--model-control-mode=none (the session server): UNAVAILABLE, as Triton answers."""
+    for call in (lambda: client.load_model("simple"), lambda: client.unload_model("simple")):
+        with pytest.raises(InferenceServerException) as ei:
+            call()
+        assert ei.value.status() == "StatusCode.UNAVAILABLE", str(ei.value)
+        assert "--model-control-mode=none" in ei.value.message()
+    assert client.is_model_ready("simple")
+
+
 def test_tritonclient_unimplemented_calls(client):
     for call in (
-        lambda: client.load_model("simple"),
-        lambda: client.unload_model("simple"),
         lambda: client.get_system_shared_memory_status(),
         lambda: client.get_log_settings(),
         lambda: client.get_trace_settings(),
