@@ -511,9 +511,6 @@ def test_repository_index_ready_filter(extras_server):
     assert all(m["state"] == "READY" for m in ready)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Triton's HTTP index ignores a repository name in the path (HandleRepositoryIndex never reads "
-    "it); Switchyard answers 501"))
 def test_repository_index_with_repository_name(server):
     r = post(server, "/v2/repository/any_name/index")
     assert r.status_code == 200 and isinstance(r.json(), list)
@@ -669,9 +666,6 @@ def test_compressed_binary_response_header_length(server):
     assert out["OUTPUT0"].tolist() == [list(range(0, 32, 2))]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Accept-Encoding q-values are ignored (gzip always wins); Triton (CompressionTypeUsed) picks "
-    "the coding with the highest q"))
 def test_response_compression_honours_q_values(server):
     body = json.dumps(simple_json(*simple_rows(1))).encode()
     r = post(server, "/v2/models/simple/infer", data=body,
@@ -965,10 +959,6 @@ def request_with_late_body(conn: http.client.HTTPConnection, path: str, body: by
 
 @pytest.mark.parametrize("path,status", [("/v2/health/live", 405), ("/v2/nope", 404),
                                          ("/v2/models/simple/infer", 403)])
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "an early error reply (403/404/405) to a request whose body had not arrived yet is followed by a "
-    "silent close of the keep-alive connection (no 'Connection: close'), so the client's next "
-    "request on it fails; Triton reads the body first and keeps the connection"))
 def test_early_error_reply_does_not_silently_drop_the_connection(file_restricted_server, path, status):
     conn = http.client.HTTPConnection("127.0.0.1", file_restricted_server.http_port, timeout=TIMEOUT)
     try:
@@ -980,9 +970,6 @@ def test_early_error_reply_does_not_silently_drop_the_connection(file_restricted
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Triton checks the model (CheckTransactionPolicy) before reading the body, so an unknown model "
-    "is 404 whatever the body; Switchyard parses the body first (400)"))
 def test_unknown_model_is_404_even_with_a_bad_body(server):
     assert_error(post(server, "/v2/models/no_such_model/infer", data=b"{bad json"), 404, "no_such_model")
 
@@ -1119,11 +1106,6 @@ def test_restricted_through_tritonclient(restricted_server):
 BIG_FRAUD_ROWS = (32 << 20) // (30 * 4)  # a 32 MB binary request body
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "early error replies (403 here, also 404/405 and the 400 for a body over --http-max-input-size) "
-    "are sent without reading the body, then the connection is closed: a client that writes the "
-    "whole body first (tritonclient.http) gets a broken pipe instead of the error once the body is "
-    "over a few MB; Triton reads the body first"))
 def test_restricted_reply_reaches_tritonclient_with_a_big_body(file_restricted_server):
     c = file_restricted_server.http_client()
     try:
@@ -1134,9 +1116,6 @@ def test_restricted_reply_reaches_tritonclient_with_a_big_body(file_restricted_s
         c.close()
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "see test_restricted_reply_reaches_tritonclient_with_a_big_body: the 400 for a body over "
-    "--http-max-input-size reaches tritonclient.http as a broken pipe"))
 def test_size_limit_reply_reaches_tritonclient_with_a_big_body(limits_server):
     c = limits_server.http_client()
     try:
@@ -1155,9 +1134,6 @@ def test_http_restriction_does_not_touch_grpc(restricted_server):
         c.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Triton checks the restriction before the method (RETURN_AND_RESPOND_IF_RESTRICTED comes first "
-    "in every handler); Switchyard answers 405 to an unauthenticated caller, revealing the route"))
 def test_restriction_is_checked_before_the_method(restricted_server):
     r = get(restricted_server, "/v2/repository/index")
     assert r.status_code == 403 and r.json() == RESTRICTED_MSG

@@ -63,7 +63,7 @@ fn request_encoding(headers: &HeaderMap) -> Result<Option<Encoding>, BodyError> 
 
 /// Reads the whole body within `limits`, decompressing it if `Content-Encoding` says so.
 pub async fn read_body(
-    body: Body,
+    body: &mut Body,
     headers: &HeaderMap,
     limits: &HttpLimits,
 ) -> Result<Bytes, BodyError> {
@@ -76,7 +76,6 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(BodyError::TooLarge { limit: max });
     }
-    let mut body = body;
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     let mut chunks = 0usize;
     while let Some(frame) = body.frame().await {
@@ -101,6 +100,32 @@ pub async fn read_body(
         None => Ok(raw),
         Some(enc) => decompress(&raw, enc, max),
     }
+}
+
+/// Most bytes [`drain`] discards before giving up on a connection.
+const DRAIN_MAX_BYTES: usize = 1 << 27;
+/// Longest [`drain`] waits for the rest of a body.
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and discards what is left of a body, within [`DRAIN_MAX_BYTES`] and
+/// [`DRAIN_MAX_TIME`]. True if the body ended, so the connection can be reused.
+pub async fn drain(body: &mut Body) -> bool {
+    let discard = async {
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen > DRAIN_MAX_BYTES {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_MAX_TIME, discard)
+        .await
+        .unwrap_or(false)
 }
 
 /// Inflates `data`, refusing output over `max` bytes (gzip bombs stop at the limit).
@@ -137,36 +162,29 @@ pub fn compress(data: &[u8], enc: Encoding) -> std::io::Result<Vec<u8>> {
     }
 }
 
-/// The response coding `Accept-Encoding` asks for: gzip first, then deflate; `q=0` excludes.
+/// The response coding `Accept-Encoding` asks for: the higher `q` of gzip and deflate (gzip
+/// on a tie); `q=0` excludes a coding.
 pub fn accepted_encoding(accept: Option<&str>) -> Option<Encoding> {
-    let accept = accept?;
-    let mut gzip = false;
-    let mut deflate = false;
-    for item in accept.split(',') {
+    let mut best: Option<(f32, Encoding)> = None;
+    for item in accept?.split(',') {
         let mut parts = item.split(';');
         let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let refused = parts.any(|p| {
-            p.trim()
-                .strip_prefix("q=")
-                .and_then(|q| q.trim().parse::<f32>().ok())
-                .is_some_and(|q| q <= 0.0)
-        });
-        if refused {
-            continue;
-        }
-        match coding.as_str() {
-            "gzip" => gzip = true,
-            "deflate" => deflate = true,
-            _ => {}
+        let q = parts
+            .find_map(|p| p.trim().strip_prefix("q=").map(|q| q.trim().parse::<f32>()))
+            .unwrap_or(Ok(1.0))
+            .unwrap_or(0.0);
+        let enc = match coding.as_str() {
+            "gzip" => Encoding::Gzip,
+            "deflate" => Encoding::Deflate,
+            _ => continue,
+        };
+        if q > 0.0
+            && best.is_none_or(|(bq, be)| q > bq || (q == bq && enc == Encoding::Gzip && be != enc))
+        {
+            best = Some((q, enc));
         }
     }
-    if gzip {
-        Some(Encoding::Gzip)
-    } else if deflate {
-        Some(Encoding::Deflate)
-    } else {
-        None
-    }
+    best.map(|(_, e)| e)
 }
 
 #[cfg(test)]
@@ -199,6 +217,14 @@ mod tests {
             Some(Encoding::Deflate)
         );
         assert_eq!(accepted_encoding(Some("br, identity")), None);
+        assert_eq!(
+            accepted_encoding(Some("gzip;q=0.2, deflate;q=0.9")),
+            Some(Encoding::Deflate)
+        );
+        assert_eq!(
+            accepted_encoding(Some("deflate, gzip")),
+            Some(Encoding::Gzip)
+        );
     }
 
     #[tokio::test]
@@ -209,23 +235,23 @@ mod tests {
             max_json_depth: 100,
         };
         let h = HeaderMap::new();
-        let ok = read_body(Body::from("0123456789"), &h, &limits)
+        let ok = read_body(&mut Body::from("0123456789"), &h, &limits)
             .await
             .unwrap();
         assert_eq!(ok.len(), 10);
         assert!(matches!(
-            read_body(Body::from("0123456789x"), &h, &limits).await,
+            read_body(&mut Body::from("0123456789x"), &h, &limits).await,
             Err(BodyError::TooLarge { .. })
         ));
-        let chunks = futures_chunks(5);
+        let mut chunks = futures_chunks(5);
         assert!(matches!(
-            read_body(chunks, &h, &limits).await,
+            read_body(&mut chunks, &h, &limits).await,
             Err(BodyError::TooManyChunks(3))
         ));
         let mut gz = HeaderMap::new();
         gz.insert("content-encoding", "br".parse().unwrap());
         assert!(matches!(
-            read_body(Body::from("x"), &gz, &limits).await,
+            read_body(&mut Body::from("x"), &gz, &limits).await,
             Err(BodyError::UnsupportedEncoding(_))
         ));
     }

@@ -219,6 +219,9 @@ pub fn json_request(
     }
     let text = std::str::from_utf8(header)
         .map_err(|e| InferError::invalid(format!("request JSON is not UTF-8: {e}")))?;
+    if !text.trim_start().starts_with('{') {
+        return Err(InferError::invalid("the request JSON must be an object"));
+    }
     let req: JsonRequest = serde_json::from_str(text)
         .map_err(|e| InferError::invalid(format!("failed to parse the request JSON: {e}")))?;
 
@@ -271,6 +274,11 @@ pub fn json_request(
                 d
             }
             (None, Some(raw)) => {
+                if !raw.get().starts_with('[') {
+                    return Err(InferError::invalid(format!(
+                        "'data' of input '{name}' must be an array"
+                    )));
+                }
                 let elements = element_count(&input.shape).map_err(|e| {
                     InferError::invalid(format!(
                         "invalid shape {:?} for input '{name}': {e:?}",

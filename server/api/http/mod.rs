@@ -374,21 +374,42 @@ async fn dispatch(
     axum::extract::State(st): axum::extract::State<AppState>,
     req: Request<Body>,
 ) -> Response<Body> {
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
+    let mut response = route_and_handle(&st, &parts, &mut body).await;
+    // A body left unread (early error) is drained, bounded, so the connection stays usable
+    // and the client gets its answer instead of a reset; past the bound it is closed.
+    let closing = response
+        .headers()
+        .get(header::CONNECTION)
+        .is_some_and(|v| v == "close");
+    if !closing && !axum::body::HttpBody::is_end_stream(&body) && !body::drain(&mut body).await {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn route_and_handle(
+    st: &AppState,
+    parts: &axum::http::request::Parts,
+    body: &mut Body,
+) -> Response<Body> {
     let Some(route) = Route::parse(parts.uri.path()) else {
         return error_response(StatusCode::NOT_FOUND, "Not Found");
     };
-    if !route.method_allowed(&parts.method) {
-        return error_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-    }
+    // The restriction first: an unauthorised caller learns nothing about the route.
     if let Err(msg) = st
         .restrictions
         .check(route.category(), |k| header_str(&parts.headers, k))
     {
         return error_response(StatusCode::FORBIDDEN, &msg);
     }
+    if !route.method_allowed(&parts.method) {
+        return error_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    }
     let accept = body::accepted_encoding(header_str(&parts.headers, "accept-encoding"));
-    match handle(&st, route, &parts.headers, body, accept).await {
+    match handle(st, route, &parts.headers, body, accept).await {
         Ok(r) => r,
         Err(HandlerError::Core(e)) => infer_error(e),
         Err(HandlerError::Body(e)) => body_error(e),
@@ -421,11 +442,13 @@ fn body_error(e: BodyError) -> Response<Body> {
                 HeaderValue::from_static("gzip, deflate"),
             );
         }
-        // The rest of an over-long or over-chunked body is not read: close the connection.
-        BodyError::TooLarge { .. } | BodyError::TooManyChunks(_) => {
+        // Too many chunks: close the connection, as Triton does. An over-long body is drained
+        // (bounded) by `dispatch` so the client still reads this answer.
+        BodyError::TooManyChunks(_) => {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        BodyError::TooLarge { .. } => {}
         BodyError::Read(_) | BodyError::Decompress(_) => {}
     }
     r
@@ -511,7 +534,7 @@ async fn handle(
     st: &AppState,
     route: Route,
     headers: &HeaderMap,
-    body: Body,
+    body: &mut Body,
     accept: Option<Encoding>,
 ) -> Result<Response<Body>, HandlerError> {
     let core = &st.core;
@@ -558,8 +581,8 @@ async fn handle(
             };
             proto_reply(&stats, "inference.ModelStatisticsResponse", accept)
         }
-        Route::Index { repository } => {
-            unsupported_repository(&repository)?;
+        Route::Index { .. } => {
+            // Like Triton, the index ignores a repository name.
             let body = read_body(body, headers, &st.limits).await?;
             let ready = if body.iter().all(u8::is_ascii_whitespace) {
                 false
@@ -601,14 +624,13 @@ async fn handle(
             empty(StatusCode::OK)
         }
         Route::Infer { model, version } => {
+            // An unknown model is 404 whatever the body holds.
+            let spec = core.model(&model, &version)?.spec.clone();
             let body = read_body(body, headers, &st.limits).await?;
             let header_len =
                 infer::header_length(header_str(headers, HEADER_CONTENT_LENGTH), body.len())?;
             let (request, plan) = match header_len {
-                Some(0) => {
-                    let spec = core.model(&model, &version)?.spec.clone();
-                    infer::raw_binary_request(&spec, &version, body)?
-                }
+                Some(0) => infer::raw_binary_request(&spec, &version, body)?,
                 Some(n) => {
                     infer::json_request(&model, &version, body, n, st.limits.max_json_depth)?
                 }
