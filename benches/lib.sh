@@ -35,7 +35,7 @@ bench_start_server() {
     local http metrics
     read -r GRPC_PORT http metrics < <(bench_free_ports)
     BENCH_SERVER_LOG="$log"
-    ORT_DYLIB_PATH="$ORT_LIB" "$BIN" --grpc-port "$GRPC_PORT" --http-port "$http" \
+    ORT_DYLIB_PATH="$ORT_LIB" ${BENCH_ENV:-} "$BIN" --grpc-port "$GRPC_PORT" --http-port "$http" \
         --metrics-port "$metrics" "$@" > "$log" 2>&1 &
     SERVER_PID=$!
     trap bench_stop_server EXIT

@@ -87,7 +87,9 @@ impl Retired {
     /// Releases every retired version, waiting for their in-flight requests.
     pub fn drain(&self) {
         loop {
-            reap(&self.pending);
+            for t in reap(&self.pending) {
+                let _ = t.join();
+            }
             if self.pending.lock().is_empty() {
                 return;
             }
@@ -107,16 +109,26 @@ impl Drop for Retired {
 }
 
 fn reap_loop(list: &Mutex<Vec<Arc<ModelVersion>>>, stopped: &Receiver<()>) {
+    let mut releasing: Vec<std::thread::JoinHandle<()>> = Vec::new();
     loop {
         match stopped.recv_timeout(REAP_INTERVAL) {
-            Err(RecvTimeoutError::Timeout) => reap(list),
-            _ => return,
+            Err(RecvTimeoutError::Timeout) => {
+                releasing.retain(|t| !t.is_finished());
+                releasing.extend(reap(list));
+            }
+            _ => break,
         }
+    }
+    for t in releasing {
+        let _ = t.join();
     }
 }
 
-/// Drops (here, on this thread) every retired version nothing else holds.
-fn reap(list: &Mutex<Vec<Arc<ModelVersion>>>) {
+/// Drops every retired version nothing else holds, each on its own short-lived thread:
+/// tearing down ONNX Runtime sessions with their thread pools takes 70-500 ms on a busy
+/// machine (measured, benches/reload), so one release at a time fell behind fast reloads.
+/// Returns the release threads.
+fn reap(list: &Mutex<Vec<Arc<ModelVersion>>>) -> Vec<std::thread::JoinHandle<()>> {
     let idle: Vec<Arc<ModelVersion>> = {
         let mut pending = list.lock();
         let (idle, busy) = std::mem::take(&mut *pending)
@@ -125,10 +137,22 @@ fn reap(list: &Mutex<Vec<Arc<ModelVersion>>>) {
         *pending = busy;
         idle
     };
-    for v in idle {
-        tracing::info!(model = %v.spec.name, version = v.spec.version, "released model version");
-        drop(v);
-    }
+    idle.into_iter()
+        .filter_map(|v| {
+            let release = move || {
+                let (name, version) = (v.spec.name.clone(), v.spec.version);
+                let t0 = std::time::Instant::now();
+                drop(v);
+                let ms = t0.elapsed().as_millis() as u64;
+                tracing::info!(model = %name, version, ms, "released model version");
+            };
+            std::thread::Builder::new()
+                .name("model-release".into())
+                .spawn(release)
+                .map_err(|e| tracing::error!(error = %e, "cannot start a release thread"))
+                .ok()
+        })
+        .collect()
 }
 
 /// A cheap fingerprint of everything under a model directory: relative paths, sizes and
