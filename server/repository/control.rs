@@ -110,14 +110,9 @@ impl Drop for Retired {
 
 fn reap_loop(list: &Mutex<Vec<Arc<ModelVersion>>>, stopped: &Receiver<()>) {
     let mut releasing: Vec<std::thread::JoinHandle<()>> = Vec::new();
-    loop {
-        match stopped.recv_timeout(REAP_INTERVAL) {
-            Err(RecvTimeoutError::Timeout) => {
-                releasing.retain(|t| !t.is_finished());
-                releasing.extend(reap(list));
-            }
-            _ => break,
-        }
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(REAP_INTERVAL) {
+        releasing.retain(|t| !t.is_finished());
+        releasing.extend(reap(list));
     }
     for t in releasing {
         let _ = t.join();
@@ -141,7 +136,7 @@ fn reap(list: &Mutex<Vec<Arc<ModelVersion>>>) -> Vec<std::thread::JoinHandle<()>
         .filter_map(|v| {
             let release = move || {
                 let (name, version) = (v.spec.name.clone(), v.spec.version);
-                let t0 = std::time::Instant::now();
+                let t0 = tokio::time::Instant::now();
                 drop(v);
                 let ms = t0.elapsed().as_millis() as u64;
                 tracing::info!(model = %name, version, ms, "released model version");
