@@ -116,10 +116,11 @@ impl Core {
             datatype: io.dtype.wire_name().to_string(),
             shape: spec.api_dims(io),
         };
-        let platform = if m.config.platform.is_empty() {
-            m.config.backend.clone()
+        let config = m.config();
+        let platform = if config.platform.is_empty() {
+            config.backend.clone()
         } else {
-            m.config.platform.clone()
+            config.platform.clone()
         };
         Ok(ModelMetadata {
             name: spec.name.clone(),
@@ -165,7 +166,7 @@ impl Core {
 
     /// The normalised config of a model; like Triton, the version picks which one.
     pub fn model_config(&self, name: &str, version: &str) -> Result<Arc<ModelConfig>, InferError> {
-        Ok(self.model(name, version)?.config.clone())
+        Ok(self.model(name, version)?.config())
     }
 
     /// Statistics: an empty name means every model, an empty version every ready version.

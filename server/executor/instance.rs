@@ -14,7 +14,7 @@ use super::{Engine, ExecError};
 use crate::error::InferError;
 use crate::model::ModelSpec;
 use crate::request::InferResponse;
-use crate::scheduler::{Batch, Job};
+use crate::scheduler::{Batch, Job, Work};
 use crate::stats::{FailureReason, ModelStats};
 use crate::tensor::{element_count, split_bytes_elements, NamedTensor, Tensor};
 
@@ -22,6 +22,13 @@ use crate::tensor::{element_count, split_bytes_elements, NamedTensor, Tensor};
 #[derive(Debug)]
 pub struct InstanceGuard {
     thread: Option<JoinHandle<()>>,
+}
+
+impl InstanceGuard {
+    /// The thread has exited (stopped, or its queue closed).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
 }
 
 impl Drop for InstanceGuard {
@@ -38,7 +45,7 @@ impl Drop for InstanceGuard {
 pub fn spawn_instance(
     name: String,
     mut engine: Box<dyn Engine>,
-    rx: Receiver<Batch>,
+    rx: Receiver<Work>,
     slots: Sender<()>,
     spec: Arc<ModelSpec>,
     stats: Arc<ModelStats>,
@@ -46,8 +53,10 @@ pub fn spawn_instance(
     let thread = std::thread::Builder::new().name(name).spawn(move || {
         // One token per free slot: the batcher forms a batch only while it holds one.
         while slots.send(()).is_ok() {
-            let Ok(batch) = rx.recv() else { break };
-            run_batch(engine.as_mut(), batch, &spec, &stats);
+            match rx.recv() {
+                Ok(Work::Run(batch)) => run_batch(engine.as_mut(), batch, &spec, &stats),
+                Ok(Work::Stop) | Err(_) => break,
+            }
         }
     })?;
     Ok(InstanceGuard {

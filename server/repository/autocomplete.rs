@@ -73,6 +73,35 @@ pub fn auto_complete(
     Ok(())
 }
 
+/// Fills in `instance_group` as Triton does: one group if none, names, count >= 1, and
+/// KIND_AUTO as KIND_CPU (no GPU executor yet).
+pub fn normalize_instance_groups(config: &mut ModelConfig) {
+    if config.instance_group.is_empty() {
+        config.instance_group.push(Default::default());
+    }
+    for (i, g) in config.instance_group.iter_mut().enumerate() {
+        if g.name.is_empty() {
+            g.name = format!("{}_{i}", config.name);
+        }
+        if g.count < 1 {
+            g.count = 1;
+        }
+        if g.kind == 0 {
+            g.kind = 2;
+        }
+    }
+}
+
+/// Total instances the (normalised) instance groups ask for.
+pub fn instance_total(config: &ModelConfig) -> usize {
+    config
+        .instance_group
+        .iter()
+        .map(|g| g.count.max(1) as usize)
+        .sum::<usize>()
+        .max(1)
+}
+
 /// Fills defaults the way Triton shows them in ModelConfig responses.
 pub fn normalize(config: &mut ModelConfig) {
     if config.version_policy.is_none() {
@@ -88,21 +117,7 @@ pub fn normalize(config: &mut ModelConfig) {
     if config.platform.is_empty() && config.backend == "onnxruntime" {
         config.platform = "onnxruntime_onnx".into();
     }
-    if config.instance_group.is_empty() {
-        config.instance_group.push(Default::default());
-    }
-    for (i, g) in config.instance_group.iter_mut().enumerate() {
-        if g.name.is_empty() {
-            g.name = format!("{}_{i}", config.name);
-        }
-        if g.count < 1 {
-            g.count = 1;
-        }
-        // KIND_AUTO resolves to KIND_CPU on a server without a GPU executor.
-        if g.kind == 0 {
-            g.kind = 2;
-        }
-    }
+    normalize_instance_groups(config);
     let mbs = config.max_batch_size;
     if let Some(SchedulingChoice::DynamicBatching(db)) = &mut config.scheduling_choice {
         if db.preferred_batch_size.is_empty() && mbs > 0 {

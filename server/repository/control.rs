@@ -18,9 +18,11 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
+use super::autocomplete::{instance_total, normalize_instance_groups};
 use super::paths::{plain_relative, validate_model_name};
-use super::pbtxt::parse_model_config_json;
+use super::pbtxt::{parse_model_config, parse_model_config_json};
 use crate::error::InferError;
+use crate::proto::inference::ModelConfig;
 
 use super::{load, ModelEntry, ModelRepository, ModelVersion, VersionState, UNLOADED};
 
@@ -43,6 +45,38 @@ pub struct LoadRequest {
     /// `file:<path>` contents: the model directory is built from these, in a temporary
     /// directory, instead of the repository's.
     pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// What a model directory held when it was loaded: its parsed `config.pbtxt` (before
+/// auto-complete) and a fingerprint of everything else in it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    config: ModelConfig,
+    files: u64,
+}
+
+impl Source {
+    /// Reads `dir`; `None` when there is no readable, parseable `config.pbtxt`.
+    fn read(dir: &Path) -> Option<Source> {
+        let text = std::fs::read_to_string(dir.join("config.pbtxt")).ok()?;
+        let config = parse_model_config(&text).ok()?.config;
+        Some(Source {
+            config,
+            files: fingerprint_except(dir, Some("config.pbtxt")),
+        })
+    }
+
+    /// The two differ at most in instance counts.
+    fn only_instance_counts_differ(&self, other: &Source) -> bool {
+        let counts_zeroed = |c: &ModelConfig| {
+            let mut c = c.clone();
+            for g in &mut c.instance_group {
+                g.count = 0;
+            }
+            c
+        };
+        self.files == other.files && counts_zeroed(&self.config) == counts_zeroed(&other.config)
+    }
 }
 
 /// What polling remembers between scans.
@@ -153,6 +187,11 @@ fn reap(list: &Mutex<Vec<Arc<ModelVersion>>>) -> Vec<std::thread::JoinHandle<()>
 /// A cheap fingerprint of everything under a model directory: relative paths, sizes and
 /// modification times (symlinks followed), bounded in depth and entries.
 pub fn fingerprint(dir: &Path) -> u64 {
+    fingerprint_except(dir, None)
+}
+
+/// [`fingerprint`] without the top-level file `skip`.
+fn fingerprint_except(dir: &Path, skip: Option<&str>) -> u64 {
     const MAX_DEPTH: usize = 4;
     const MAX_ENTRIES: usize = 10_000;
     let mut items: Vec<(String, u64, u128)> = Vec::new();
@@ -179,6 +218,9 @@ pub fn fingerprint(dir: &Path) -> u64 {
                 .strip_prefix(dir)
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            if depth == 0 && skip.is_some_and(|s| rel == s) {
+                continue;
+            }
             items.push((
                 rel,
                 if meta.is_dir() { u64::MAX } else { meta.len() },
@@ -236,7 +278,8 @@ impl ModelRepository {
     pub fn scan(&self) -> std::io::Result<Vec<String>> {
         let mut names: Vec<String> = std::fs::read_dir(&self.root)?
             .filter_map(Result::ok)
-            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            // A symlinked model directory counts, as in Triton.
+            .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| !n.starts_with('.'))
             .filter(|n| match validate_model_name(n) {
@@ -271,7 +314,7 @@ impl ModelRepository {
                 continue;
             }
             state.fingerprints.insert(name.clone(), fingerprint(&dir));
-            let entry = load::load_model(&dir, name, &self.options, None);
+            let entry = self.load_from_disk(name, &dir);
             if self.install(name, entry).is_err() {
                 failed.push(name.clone());
             }
@@ -313,10 +356,68 @@ impl ModelRepository {
         } else {
             state.fingerprints.remove(name);
         }
+        if override_dir.is_none() && config.is_none() {
+            if let Some(done) = self.try_resize(name, &dir) {
+                return done.map_err(InferError::InvalidArgument);
+            }
+            let entry = self.load_from_disk(name, &dir);
+            return self
+                .install(name, entry)
+                .map_err(InferError::InvalidArgument);
+        }
         let mut entry = load::load_model(&dir, name, &self.options, config);
         entry.override_dir = override_dir;
         self.install(name, entry)
             .map_err(InferError::InvalidArgument)
+    }
+
+    /// Loads `name` from its repository directory, remembering what was on disk.
+    fn load_from_disk(&self, name: &str, dir: &Path) -> ModelEntry {
+        let source = Source::read(dir);
+        let mut entry = load::load_model(dir, name, &self.options, None);
+        entry.source = source;
+        entry
+    }
+
+    /// If the only change on disk since `name` loaded is `instance_group` counts, applies
+    /// it in place (instances added or stopped, no reload) and returns the outcome.
+    fn try_resize(&self, name: &str, dir: &Path) -> Option<Result<(), String>> {
+        let old = self.entry(name)?;
+        if !old.loaded_ok() || old.override_dir.is_some() {
+            return None;
+        }
+        let new = Source::read(dir)?;
+        if !old.source.as_ref()?.only_instance_counts_differ(&new) {
+            return None;
+        }
+        let mut served = (*old.config.clone()?).clone();
+        served.instance_group = new.config.instance_group.clone();
+        normalize_instance_groups(&mut served);
+        let target = instance_total(&served);
+        let served = Arc::new(served);
+        let mut result = Ok(());
+        for state in old.versions.values() {
+            if let VersionState::Ready(m) = state {
+                if let Err(e) = m.resize(target, served.clone()) {
+                    result = Err(format!("failed to load '{name}': {e}"));
+                    break;
+                }
+            }
+        }
+        tracing::info!(model = %name, instances = target, "instance count changed in place");
+        let entry = ModelEntry {
+            name: old.name.clone(),
+            config: Some(served),
+            versions: old.versions.clone(),
+            error: None,
+            reload_error: result.as_ref().err().cloned(),
+            override_dir: None,
+            source: Some(new),
+        };
+        self.models
+            .write()
+            .insert(name.to_string(), Arc::new(entry));
+        Some(result)
     }
 
     fn check_explicit(&self) -> Result<(), InferError> {
@@ -356,8 +457,14 @@ impl ModelRepository {
                 continue;
             }
             state.fingerprints.insert(name.clone(), fp);
+            if let Some(done) = self.try_resize(name, &dir) {
+                if let Err(e) = done {
+                    tracing::error!(model = %name, error = %e, "instance count change failed");
+                }
+                continue;
+            }
             tracing::info!(model = %name, "model directory changed; loading");
-            let entry = load::load_model(&dir, name, &self.options, None);
+            let entry = self.load_from_disk(name, &dir);
             if let Err(e) = self.install(name, entry) {
                 tracing::error!(model = %name, error = %e, "reload failed; what served before keeps serving");
             }
@@ -379,6 +486,24 @@ impl ModelRepository {
     /// Marks every version of `name` unloaded and retires what served.
     fn unload_entry(&self, name: &str) {
         let old = self.entry(name);
+        let already_unloaded = old.as_ref().is_some_and(|e| {
+            e.error.is_none()
+                && !e.versions.is_empty()
+                && e.versions
+                    .values()
+                    .all(|v| matches!(v, VersionState::Unavailable(r) if r == UNLOADED))
+        });
+        if already_unloaded {
+            return;
+        }
+        if !old.as_ref().is_some_and(|e| e.serving()) {
+            // Nothing loaded (never loaded, or its load failed): forget it; the index lists
+            // the directory by name if it is still there, and readiness is unaffected.
+            if let Some(old) = self.models.write().remove(name) {
+                self.retire_versions(&old);
+            }
+            return;
+        }
         let versions: BTreeMap<i64, VersionState> = old
             .iter()
             .flat_map(|e| e.versions.keys())
@@ -391,6 +516,7 @@ impl ModelRepository {
             error: None,
             reload_error: None,
             override_dir: None,
+            source: None,
         };
         self.models
             .write()
@@ -423,6 +549,7 @@ impl ModelRepository {
                     error: old.error.clone(),
                     reload_error: Some(reason.clone()),
                     override_dir: old.override_dir.clone(),
+                    source: old.source.clone(),
                 };
                 self.models.write().insert(name.to_string(), Arc::new(kept));
                 // The new entry's versions that did load are released with it, here.

@@ -4,21 +4,23 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::autocomplete::{auto_complete, model_spec, normalize};
+use super::autocomplete::{auto_complete, instance_total, model_spec, normalize};
 use super::paths::{inside, plain_relative};
 use super::pbtxt::parse_model_config;
 use super::schedule::scheduler_config;
 use super::warmup;
-use super::{ModelEntry, ModelVersion, VersionState};
+use super::{Instances, ModelEntry, ModelVersion, VersionState};
 use crate::config::LoadOptions;
 use crate::executor::instance::spawn_instance;
 use crate::executor::onnx::OnnxEngine;
 use crate::executor::Engine;
+use crate::model::ModelSpec;
 use crate::proto::inference::{
     model_instance_group::Kind, model_version_policy::PolicyChoice, ModelConfig,
 };
 use crate::scheduler::Scheduler;
 use crate::stats::ModelStats;
+use parking_lot::{Mutex, RwLock};
 
 const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
 
@@ -234,16 +236,7 @@ fn load_versions(
     } else {
         config.default_model_filename.clone()
     };
-    let instances: usize = if config.instance_group.is_empty() {
-        1
-    } else {
-        config
-            .instance_group
-            .iter()
-            .map(|g| g.count.max(1) as usize)
-            .sum()
-    };
-
+    let instances = instance_total(&config);
     // Load the first engine of every version; the newest one that loads completes the config.
     type FirstEngine = Result<(PathBuf, OnnxEngine, std::time::Duration), String>;
     let mut first_engines: BTreeMap<i64, FirstEngine> = BTreeMap::new();
@@ -292,14 +285,24 @@ fn load_versions(
         error: None,
         reload_error: None,
         override_dir: None,
+        source: None,
     }
 }
 
-/// Where one version's files are.
+/// Where one version's files are, and how its engines are made.
+#[derive(Debug, Clone)]
+pub struct VersionFiles {
+    pub model_dir: PathBuf,
+    pub version: i64,
+    /// The model file.
+    pub path: PathBuf,
+    /// ONNX Runtime intra-op threads per engine.
+    pub threads: usize,
+}
+
 struct VersionSource<'a> {
     model_dir: &'a Path,
     version: i64,
-    /// The model file.
     path: PathBuf,
 }
 
@@ -311,62 +314,109 @@ fn start_version(
     options: &LoadOptions,
     threads: usize,
 ) -> Result<ModelVersion, String> {
-    let VersionSource {
-        model_dir,
-        version,
-        path,
-    } = source;
+    let files = VersionFiles {
+        model_dir: source.model_dir.to_path_buf(),
+        version: source.version,
+        path: source.path,
+        threads,
+    };
     let spec = Arc::new(model_spec(
         config,
-        version,
+        files.version,
         first.inputs(),
         first.outputs(),
     )?);
-    let stats = Arc::new(ModelStats::new(&config.name, version));
+    let stats = Arc::new(ModelStats::new(&config.name, files.version));
     let sched = scheduler_config(
         config,
         options.max_pending_requests,
         options.delay_scheduler,
     )?;
-    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(first)];
-    for _ in 1..instances {
+    let (scheduler, channels) = Scheduler::start(&config.name, sched, instances, stats.clone())
+        .map_err(|e| format!("cannot start the batcher thread: {e}"))?;
+    let mut set = Instances {
+        guards: Vec::with_capacity(instances),
+        target: 0,
+        channels,
+        files,
+        next_index: 0,
+    };
+    add_instances(&mut set, config, &spec, &stats, instances, Some(first))?;
+    Ok(ModelVersion {
+        spec,
+        config: RwLock::new(config.clone()),
+        stats,
+        scheduler,
+        instances: Mutex::new(set),
+        load_duration: std::time::Duration::ZERO,
+    })
+}
+
+/// Starts `n` more instances: engines loaded (the first may be given) and warmed before any
+/// thread starts, so a failure adds none.
+fn add_instances(
+    set: &mut Instances,
+    config: &ModelConfig,
+    spec: &Arc<ModelSpec>,
+    stats: &Arc<ModelStats>,
+    n: usize,
+    first: Option<OnnxEngine>,
+) -> Result<(), String> {
+    let files = &set.files;
+    let mut engines: Vec<Box<dyn Engine>> = Vec::with_capacity(n);
+    if let Some(first) = first {
+        engines.push(Box::new(first));
+    }
+    while engines.len() < n {
         engines.push(Box::new(
-            OnnxEngine::load(&path, threads).map_err(|e| e.to_string())?,
+            OnnxEngine::load(&files.path, files.threads).map_err(|e| e.to_string())?,
         ));
     }
-    // Warm every instance before the version can take traffic.
-    let samples = warmup::samples(config, &spec, model_dir)?;
+    // Warm every instance before the version (or the new instance) can take traffic.
+    let samples = warmup::samples(config, spec, &files.model_dir)?;
     if !samples.is_empty() {
         let outputs: Vec<String> = spec.outputs.iter().map(|o| o.name.clone()).collect();
         for engine in &mut engines {
             warmup::run(engine.as_mut(), &samples, &outputs)?;
         }
     }
-    let (scheduler, channels) = Scheduler::start(&config.name, sched, engines.len(), stats.clone())
-        .map_err(|e| format!("cannot start the batcher thread: {e}"))?;
-    let mut guards = Vec::with_capacity(engines.len());
-    for (i, engine) in engines.into_iter().enumerate() {
-        let thread = format!("{}-v{version}-{i}", config.name);
-        guards.push(
+    for engine in engines {
+        let thread = format!("{}-v{}-{}", config.name, files.version, set.next_index);
+        set.next_index += 1;
+        set.guards.push(
             spawn_instance(
                 thread,
                 engine,
-                channels.batches.clone(),
-                channels.slots.clone(),
+                set.channels.batches.clone(),
+                set.channels.slots.clone(),
                 spec.clone(),
                 stats.clone(),
             )
             .map_err(|e| format!("cannot start instance thread: {e}"))?,
         );
+        set.target += 1;
     }
-    Ok(ModelVersion {
-        spec,
-        config: config.clone(),
-        stats,
-        scheduler,
-        instances: guards,
-        load_duration: std::time::Duration::ZERO,
-    })
+    Ok(())
+}
+
+impl ModelVersion {
+    /// Changes the instance count in place (a config change that only touches
+    /// `instance_group`): new instances are loaded and warmed before they take work; removed
+    /// ones stop as they become free, never mid-batch. `config` becomes the served config.
+    pub fn resize(&self, target: usize, config: Arc<ModelConfig>) -> Result<(), String> {
+        let target = target.max(1);
+        let mut set = self.instances.lock();
+        set.guards.retain(|g| !g.is_finished());
+        if target > set.target {
+            let n = target - set.target;
+            add_instances(&mut set, &config, &self.spec, &self.stats, n, None)?;
+        } else if target < set.target {
+            self.scheduler.stop_instances(set.target - target);
+            set.target = target;
+        }
+        *self.config.write() = config;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -41,13 +41,27 @@ pub const UNLOADED: &str = "unloaded";
 #[derive(Debug)]
 pub struct ModelVersion {
     pub spec: Arc<ModelSpec>,
-    pub config: Arc<ModelConfig>,
+    /// The normalised config; replaced in place when only `instance_group` changes.
+    config: RwLock<Arc<ModelConfig>>,
     pub stats: Arc<ModelStats>,
     /// Declared before `instances`: dropping it closes the queue so the threads can finish.
     scheduler: Scheduler,
-    instances: Vec<InstanceGuard>,
+    instances: parking_lot::Mutex<Instances>,
     /// How long loading took (engines, scheduler, instance threads): `nv_model_load_duration_secs`.
     pub load_duration: std::time::Duration,
+}
+
+/// A version's instance threads and what starting another one needs.
+#[derive(Debug)]
+struct Instances {
+    /// Running, or stopping after a `Work::Stop` (pruned once finished).
+    guards: Vec<InstanceGuard>,
+    /// How many instances the version should have.
+    target: usize,
+    channels: crate::scheduler::InstanceChannels,
+    files: load::VersionFiles,
+    /// Index of the next instance thread's name.
+    next_index: usize,
 }
 
 impl ModelVersion {
@@ -62,9 +76,14 @@ impl ModelVersion {
         self.scheduler.enqueue(request, reply, received, deadline)
     }
 
-    /// Number of executor instances.
+    /// Number of executor instances (the target; a stopping one finishes its batch first).
     pub fn instance_count(&self) -> usize {
-        self.instances.len()
+        self.instances.lock().target
+    }
+
+    /// The normalised config this version serves with.
+    pub fn config(&self) -> Arc<ModelConfig> {
+        self.config.read().clone()
     }
 
     /// Requests waiting in the queue.
@@ -93,6 +112,8 @@ pub struct ModelEntry {
     pub reload_error: Option<String>,
     /// The temporary directory of a load with `file:` overrides; removed with the entry.
     pub override_dir: Option<Arc<tempfile::TempDir>>,
+    /// What was on disk when this entry loaded from the repository (for in-place updates).
+    pub source: Option<control::Source>,
 }
 
 impl ModelEntry {
@@ -105,6 +126,7 @@ impl ModelEntry {
             error: Some(error),
             reload_error: None,
             override_dir: None,
+            source: None,
         }
     }
 

@@ -9,7 +9,7 @@ use crossbeam_channel::{never, Receiver, Select, Sender, TryRecvError};
 use tokio::time::Instant;
 
 use super::queue::{Dead, Next, QueueState};
-use super::{Batch, Job};
+use super::{Batch, Job, Work};
 use crate::error::InferError;
 use crate::stats::{FailureReason, ModelStats};
 
@@ -22,14 +22,18 @@ pub struct BatcherTask {
     pub jobs: Receiver<Job>,
     /// A token per free instance; an instance sends one whenever it is ready for a batch.
     pub slots: Receiver<()>,
-    /// Batches to the instances (rendezvous: only sent while a slot is held).
-    pub batches: Sender<Batch>,
+    /// Work to the instances (rendezvous: only sent while a slot is held).
+    pub batches: Sender<Work>,
     pub state: QueueState<Job>,
     /// Shared with the scheduler handle, per level: admitted and not yet dispatched.
     pub queued: Arc<[AtomicUsize]>,
     pub stats: Arc<ModelStats>,
     /// Hold dispatch until this many are queued (test hook), then 0.
     pub hold_until: usize,
+    /// Instances to stop: each free slot goes to a `Work::Stop` while this is above 0.
+    pub retire: Arc<AtomicUsize>,
+    /// Signalled when `retire` grows.
+    pub nudge: Receiver<()>,
 }
 
 impl BatcherTask {
@@ -81,6 +85,18 @@ impl BatcherTask {
             if !have_slot {
                 have_slot = self.slots.try_recv().is_ok();
             }
+            if have_slot
+                && self
+                    .retire
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
+                    .is_ok()
+            {
+                if self.batches.send(Work::Stop).is_err() {
+                    return;
+                }
+                have_slot = false;
+                continue;
+            }
             let mut wake = self.state.earliest_timeout();
             if have_slot && self.hold_until == 0 {
                 match self.state.next_batch(now) {
@@ -88,7 +104,7 @@ impl BatcherTask {
                         for j in &jobs {
                             self.queued[j.level].fetch_sub(1, Ordering::SeqCst);
                         }
-                        if self.batches.send(Batch { jobs }).is_err() {
+                        if self.batches.send(Work::Run(Batch { jobs })).is_err() {
                             return;
                         }
                         have_slot = false;
@@ -113,6 +129,7 @@ impl BatcherTask {
             let mut sel = Select::new();
             let ji = sel.recv(jobs);
             let si = sel.recv(slots);
+            let ni = sel.recv(&self.nudge);
             let op = match timeout {
                 Some(t) => match sel.select_timeout(t) {
                     Ok(op) => op,
@@ -136,6 +153,9 @@ impl BatcherTask {
                         return;
                     }
                     have_slot = true;
+                }
+                i if i == ni => {
+                    let _ = op.recv(&self.nudge);
                 }
                 _ => {}
             }

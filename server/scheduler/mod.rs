@@ -95,6 +95,14 @@ pub struct Batch {
     pub jobs: Vec<Job>,
 }
 
+/// What the batcher hands an instance that announced a free slot.
+#[derive(Debug)]
+pub enum Work {
+    Run(Batch),
+    /// The instance count went down: this instance stops (it holds no work).
+    Stop,
+}
+
 /// The queue policy of one priority level (`ModelQueuePolicy`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LevelPolicy {
@@ -137,12 +145,16 @@ pub struct Scheduler {
     config: SchedulerConfig,
     model: String,
     batcher: Option<JoinHandle<()>>,
+    /// Instances still to stop (the batcher sends each a `Work::Stop` for a free slot).
+    retire: Arc<AtomicUsize>,
+    /// Wakes the batcher when `retire` grows.
+    nudge: Sender<()>,
 }
 
-/// Channels the instances use: batches in, free-slot tokens out.
-#[derive(Debug)]
+/// Channels the instances use: work in, free-slot tokens out. Cloned for every instance.
+#[derive(Debug, Clone)]
 pub struct InstanceChannels {
-    pub batches: Receiver<Batch>,
+    pub batches: Receiver<Work>,
     pub slots: Sender<()>,
 }
 
@@ -156,7 +168,11 @@ impl Scheduler {
     ) -> std::io::Result<(Scheduler, InstanceChannels)> {
         let (tx, job_rx) = crossbeam_channel::unbounded();
         let (batch_tx, batches) = crossbeam_channel::bounded(0);
-        let (slots, slot_rx) = crossbeam_channel::bounded(instances.max(1));
+        // Unbounded: each instance holds at most one token, and instances can be added.
+        let _ = instances;
+        let (slots, slot_rx) = crossbeam_channel::unbounded();
+        let (nudge, nudge_rx) = crossbeam_channel::bounded(1);
+        let retire = Arc::new(AtomicUsize::new(0));
         let queued: Arc<[AtomicUsize]> =
             config.levels.iter().map(|_| AtomicUsize::new(0)).collect();
         let delays: Vec<bool> = config.levels.iter().map(|l| l.delay_on_timeout).collect();
@@ -168,6 +184,8 @@ impl Scheduler {
             queued: queued.clone(),
             stats,
             hold_until: config.hold_until,
+            retire: retire.clone(),
+            nudge: nudge_rx,
         };
         let batcher = std::thread::Builder::new()
             .name(format!("{model}-batcher"))
@@ -182,6 +200,8 @@ impl Scheduler {
                 config,
                 model: model.to_string(),
                 batcher: Some(batcher),
+                retire,
+                nudge,
             },
             InstanceChannels { batches, slots },
         ))
@@ -246,6 +266,12 @@ impl Scheduler {
             )));
         }
         Ok(())
+    }
+
+    /// Stops `n` instances as they become free (none is interrupted mid-batch).
+    pub fn stop_instances(&self, n: usize) {
+        self.retire.fetch_add(n, Ordering::SeqCst);
+        let _ = self.nudge.try_send(());
     }
 
     /// Requests waiting in the queue, all levels.

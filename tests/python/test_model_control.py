@@ -289,11 +289,6 @@ def http_json_fraud(x):
                         "data": f.reshape(-1).tolist()}]}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: unloading a model that has no loaded versions (never loaded, or failed to load) "
-    "leaves an entry with an empty version map (control.rs unload_entry); ModelEntry::all_ready() "
-    "is false for it, so under strict readiness the server stays NOT READY for good, and index() "
-    "shows no row for the model at all"))
 def test_unload_of_a_model_that_is_not_loaded_keeps_the_server_ready(explicit):
     c = explicit.client()
     assert c.is_server_ready() is True
@@ -313,10 +308,6 @@ def test_unload_of_a_model_that_is_not_loaded_keeps_the_server_ready(explicit):
     c.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: in poll mode, removing the directory of a model that failed to load leaves an invisible "
-    "entry with no versions (control.rs unload_entry); ModelEntry::all_ready() is false for it, so "
-    "the server never becomes ready again although every model in the repository is READY"))
 def test_poll_removing_a_failed_model_makes_the_server_ready(make_repo, switchyard, tmp_path):
     repo = make_repo(["simple"])
     h.copy_model(repo, "simple", "broken", config="this is { not a config")
@@ -1593,3 +1584,76 @@ def test_reload_and_unload_let_in_flight_requests_finish(make_repo, switchyard):
         assert finished_after >= n // 2, (action, finished_after, t_returned - t_call,
                                           sorted(round(v - t_call, 2) for v in done_at.values()))
     c.close()
+
+
+# ----------------------------------------------------- instance-count changes applied in place
+
+
+def instance_threads(srv, model: str) -> list[str]:
+    """Names of the server's instance threads of `model` (comm is cut at 15 characters)."""
+    names = []
+    for task in Path(f"/proc/{srv.proc.pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+        except OSError:  # the thread exited while we looked
+            continue
+        if comm.startswith(f"{model}-v"):
+            names.append(comm)
+    return sorted(names)
+
+
+def fraud_success(c, version: str) -> int:
+    (s,) = c.get_inference_statistics("fraud_mlp", version, client_timeout=TIMEOUT).model_stats
+    return s.inference_stats.success.count
+
+
+@pytest.mark.parametrize("mode", ["poll", "explicit"])
+def test_instance_count_change_is_applied_in_place_under_load(make_repo, switchyard, mode):
+    """Only instance_group.count changes: instances are added or stopped without a reload
+    (statistics keep counting, the config shows the new count), and no request fails."""
+    repo = make_repo(["fraud_mlp"])
+    cfg = repo / "fraud_mlp" / "config.pbtxt"
+    args = ["--model-control-mode", mode]
+    args += ["--repository-poll-secs", "1"] if mode == "poll" else ["--load-model", "fraud_mlp"]
+    srv = switchyard(repo, *args)
+    c = srv.client()
+    x = h.fraud_inputs(4, seed=3)
+    errors, done, stop = [], [0], threading.Event()
+
+    def load():
+        cl = srv.client()
+        while not stop.is_set():
+            try:
+                cl.infer("fraud_mlp", fraud_inputs_grpc(x), client_timeout=TIMEOUT)
+                done[0] += 1
+            except Exception as e:  # every failure is a test failure
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: done[0] > 20, "traffic")
+        assert len(instance_threads(srv, "fraud_mlp")) == 2  # v1 and v2, one instance each
+        for count in (3, 1, 2):
+            before = fraud_success(c, "2")
+            text = cfg.read_text()
+            cfg.write_text(re.sub(r"count: \d+", f"count: {count}", text))
+            if mode == "explicit":
+                c.load_model("fraud_mlp", client_timeout=TIMEOUT)
+            wait_for(lambda: c.get_model_config("fraud_mlp").config.instance_group[0].count == count,
+                     f"config count {count}")
+            wait_for(lambda: len(instance_threads(srv, "fraud_mlp")) == 2 * count,
+                     f"{2 * count} instance threads")
+            # Not a reload: the version's statistics kept counting from where they were.
+            assert fraud_success(c, "2") >= before
+            n = done[0]
+            wait_for(lambda: done[0] > n + 20, "traffic after the change")
+            rows = model_rows(c, "fraud_mlp")
+            assert rows == {"1": ("READY", ""), "2": ("READY", "")}, rows
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert not errors, errors[:5]
+    assert "instance count changed in place" in srv.log()
