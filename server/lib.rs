@@ -173,6 +173,7 @@ pub async fn run(
     });
     let exit_timeout = Duration::from_secs(args.exit_timeout_secs);
     let mut signalled = stop_rx.clone();
+    let mut release_wait = exit_timeout;
     tokio::select! {
         r = async {
             while let Some(r) = endpoints.join_next().await {
@@ -184,11 +185,21 @@ pub async fn run(
             // Once shutdown starts, in-flight requests get `--exit-timeout-secs` to finish.
             let _ = signalled.wait_for(|s| *s).await;
             tokio::time::sleep(exit_timeout).await;
-        } => tracing::warn!("exit timeout reached with requests still in flight"),
+        } => {
+            tracing::warn!("exit timeout reached with requests still in flight");
+            release_wait = Duration::from_secs(1);
+        }
     }
     let _ = metrics_stop_tx.send(());
     let core_for_unload = core.clone();
-    let _ = tokio::task::spawn_blocking(move || core_for_unload.repository.unload_all()).await;
+    let released = tokio::task::spawn_blocking(move || {
+        core_for_unload.repository.unload_all(release_wait)
+    })
+    .await
+    .unwrap_or(false);
+    if !released {
+        tracing::warn!("some model versions were still busy at exit");
+    }
     tracing::info!("stopped");
     Ok(())
 }

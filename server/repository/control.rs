@@ -114,18 +114,23 @@ impl Retired {
         }
     }
 
-    fn retire(&self, versions: impl IntoIterator<Item = Arc<ModelVersion>>) {
+    pub(super) fn retire(&self, versions: impl IntoIterator<Item = Arc<ModelVersion>>) {
         self.pending.lock().extend(versions);
     }
 
-    /// Releases every retired version, waiting for their in-flight requests.
-    pub fn drain(&self) {
+    /// Releases every retired version, waiting for their in-flight requests, for at most
+    /// `wait`. True if all were released.
+    pub fn drain(&self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             for t in reap(&self.pending) {
                 let _ = t.join();
             }
             if self.pending.lock().is_empty() {
-                return;
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
             }
             std::thread::sleep(REAP_INTERVAL);
         }

@@ -228,10 +228,19 @@ impl ModelRepository {
 
     /// Removes every model once its in-flight requests are done; queues close and instance
     /// threads finish.
-    pub fn unload_all(&self) {
+    /// Waits at most `wait` for requests still holding a version; returns false if some
+    /// did not finish in time.
+    pub fn unload_all(&self, wait: std::time::Duration) -> bool {
         let models = std::mem::take(&mut *self.models.write());
+        for entry in models.values() {
+            self.retired
+                .retire(entry.versions.values().filter_map(|v| match v {
+                    VersionState::Ready(m) => Some(m.clone()),
+                    VersionState::Unavailable(_) => None,
+                }));
+        }
         drop(models);
-        self.retired.drain();
+        self.retired.drain(wait)
     }
 
     /// The entry of model `name`, if the repository has it.

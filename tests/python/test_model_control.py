@@ -1657,3 +1657,32 @@ def test_instance_count_change_is_applied_in_place_under_load(make_repo, switchy
             t.join(timeout=10)
     assert not errors, errors[:5]
     assert "instance count changed in place" in srv.log()
+
+
+def test_exit_timeout_bounds_shutdown_with_stuck_requests(make_repo, switchyard):
+    """Requests that cannot finish (the scheduler test hook holds them in the queue) must not
+    keep the process alive past --exit-timeout-secs."""
+    repo = make_repo(["simple"])
+    srv = switchyard(repo, "--delay-scheduler", "1000", "--exit-timeout-secs", "2")
+    c = srv.client()
+    results = []
+    for i in range(3):
+        c.async_infer("simple", h_simple_inputs(), callback=lambda r, e: results.append((r, e)))
+    wait_for(lambda: c.get_inference_statistics("simple").model_stats is not None, "stats")
+    time.sleep(0.3)
+    assert results == []  # held in the queue
+    t0 = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    rc = srv.wait_exit(timeout=15)
+    elapsed = time.monotonic() - t0
+    assert rc == 0, srv.log()
+    assert 2.0 <= elapsed < 8.0, elapsed
+    assert "exit timeout reached" in srv.log()
+
+
+def h_simple_inputs():
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    ins = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    for t in ins:
+        t.set_data_from_numpy(a)
+    return ins
