@@ -22,7 +22,7 @@ CUDART_VERSION=12.6.77
 # The only tritonclient 2.50.0 x86_64 wheel is manylinux1 (glibc 2.5+).
 TRITONCLIENT_PLATFORM=manylinux1_x86_64
 CUDART_PLATFORM=manylinux2014_x86_64
-APT_PKGS_TEST=(libb64-0d libssl3 zlib1g libstdc++6 libgcc-s1)
+APT_PKGS_TEST=(libb64-0d libssl3 zlib1g libstdc++6 libgcc-s1 curl)
 
 RUNTIME_REQS=(
     "onnxruntime==${ORT_VERSION}"
