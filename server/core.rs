@@ -8,10 +8,11 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::deploy::StickyKey;
 use crate::error::InferError;
 use crate::proto::inference::ModelConfig;
 use crate::repository::{IndexEntry, LoadRequest, ModelRepository, ModelVersion, VersionState};
-use crate::request::{validate, InferRequest, InferResponse};
+use crate::request::{validate, InferRequest, InferResponse, ParamValue};
 use crate::stats::{FailureReason, StatsSnapshot};
 
 /// Protocol extensions ServerMetadata reports (perf_analyzer reads "statistics").
@@ -49,6 +50,23 @@ pub struct ModelMetadata {
     pub platform: String,
     pub inputs: Vec<TensorMetadata>,
     pub outputs: Vec<TensorMetadata>,
+}
+
+/// The request's sticky routing key: a string or integer parameter, or a header value.
+fn sticky_key(req: &InferRequest, key: &StickyKey) -> Option<String> {
+    match key {
+        StickyKey::Parameter(p) => match req.parameters.get(p)? {
+            ParamValue::String(s) => Some(s.clone()),
+            ParamValue::Int64(i) => Some(i.to_string()),
+            ParamValue::Uint64(u) => Some(u.to_string()),
+            _ => None,
+        },
+        StickyKey::Header(h) => req
+            .headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    }
 }
 
 /// Statistics of one model version.
@@ -253,7 +271,11 @@ impl Core {
                 "Server is stopping, new inference requests are refused".into(),
             ));
         }
-        let version = self.model(&req.model_name, &req.model_version)?;
+        let version = self
+            .repository
+            .resolve(&req.model_name, &req.model_version, |key| {
+                sticky_key(&req, key)
+            })?;
         let request = validate(req, &version.spec)?;
         let (reply, rx) = oneshot::channel();
         if let Err(e) = version.enqueue(request, reply, received, deadline) {

@@ -25,6 +25,7 @@
 pub mod api;
 pub mod config;
 pub mod core;
+pub mod deploy;
 pub mod error;
 pub mod executor;
 pub mod metrics;
@@ -192,11 +193,10 @@ pub async fn run(
     }
     let _ = metrics_stop_tx.send(());
     let core_for_unload = core.clone();
-    let released = tokio::task::spawn_blocking(move || {
-        core_for_unload.repository.unload_all(release_wait)
-    })
-    .await
-    .unwrap_or(false);
+    let released =
+        tokio::task::spawn_blocking(move || core_for_unload.repository.unload_all(release_wait))
+            .await
+            .unwrap_or(false);
     if !released {
         tracing::warn!("some model versions were still busy at exit");
     }

@@ -6,7 +6,10 @@ fn main() {
     let args = switchyard::config::Args::parse();
     switchyard::init_tracing(args.log_verbose);
     tracing::info!(?args, "starting switchyard {}", env!("CARGO_PKG_VERSION"));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the tokio runtime: {e}");

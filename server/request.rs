@@ -41,6 +41,8 @@ pub struct InferRequest {
     pub inputs: Vec<InputTensor>,
     /// Requested output names; empty means all outputs.
     pub outputs: Vec<String>,
+    /// HTTP headers or gRPC metadata (for a sticky routing key named by a header).
+    pub headers: http::HeaderMap,
 }
 
 /// A request that matches its model: names, types, shapes and sizes all checked.

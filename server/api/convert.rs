@@ -165,6 +165,7 @@ pub fn decode_infer_request(req: pb::ModelInferRequest) -> Result<InferRequest, 
         parameters,
         inputs,
         outputs,
+        headers: Default::default(),
     })
 }
 

@@ -72,14 +72,21 @@ pub const STREAM_MAX_IN_FLIGHT: usize = 64;
 
 /// Runs one request of a stream. An error is answered in-band (`error_message`) with the
 /// request's id, model name and version, and does not end the stream.
-async fn stream_infer(core: &Core, req: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
+async fn stream_infer(
+    core: &Core,
+    req: pb::ModelInferRequest,
+    headers: &http::HeaderMap,
+) -> pb::ModelStreamInferResponse {
     let (id, model_name, model_version) = (
         req.id.clone(),
         req.model_name.clone(),
         req.model_version.clone(),
     );
     let result = match decode_infer_request(req) {
-        Ok(request) => core.infer(request, None).await,
+        Ok(mut request) => {
+            request.headers = headers.clone();
+            core.infer(request, None).await
+        }
         Err(e) => Err(e),
     };
     let (error_message, mut response) = match result {
@@ -205,7 +212,9 @@ impl GrpcInferenceService for GrpcService {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .and_then(|d| Instant::now().checked_add(d));
-        let request = decode_infer_request(req.into_inner())?;
+        let (metadata, _, message) = req.into_parts();
+        let mut request = decode_infer_request(message)?;
+        request.headers = metadata.into_headers();
         let response = self.core.infer(request, deadline).await?;
         Ok(Response::new(encode_infer_response(response)))
     }
@@ -221,11 +230,14 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         self.allow(Category::Inference, &req)?;
         let core = Arc::clone(&self.core);
-        let responses = req
-            .into_inner()
+        let (metadata, _, stream) = req.into_parts();
+        // The stream's metadata applies to every request on it (sticky routing keys).
+        let headers = Arc::new(metadata.into_headers());
+        let responses = stream
             .map(move |item| {
                 let core = Arc::clone(&core);
-                async move { Ok(stream_infer(&core, item?).await) }
+                let headers = Arc::clone(&headers);
+                async move { Ok(stream_infer(&core, item?, &headers).await) }
             })
             .buffered(STREAM_MAX_IN_FLIGHT);
         Ok(Response::new(Box::pin(responses)))

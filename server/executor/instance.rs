@@ -18,6 +18,34 @@ use crate::scheduler::{Batch, Job, Work};
 use crate::stats::{FailureReason, ModelStats};
 use crate::tensor::{element_count, split_bytes_elements, NamedTensor, Tensor};
 
+/// Fault injection for tests and drills (model config parameters
+/// `switchyard_fault_latency_ms`, `switchyard_fault_error_rate`, `switchyard_fault_versions`):
+/// every execution sleeps `latency` first, and fails with probability `error_rate`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Fault {
+    pub latency: std::time::Duration,
+    /// 0.0 to 1.0.
+    pub error_rate: f64,
+}
+
+impl Fault {
+    fn is_off(&self) -> bool {
+        self.latency.is_zero() && self.error_rate <= 0.0
+    }
+
+    /// Applies the fault to the `n`-th execution: sleeps, then says whether it fails.
+    fn strike(&self, n: u64) -> bool {
+        if !self.latency.is_zero() {
+            std::thread::sleep(self.latency);
+        }
+        if self.error_rate <= 0.0 {
+            return false;
+        }
+        let draw = xxhash_rust::xxh3::xxh3_64(&n.to_le_bytes()) as f64 / u64::MAX as f64;
+        draw < self.error_rate
+    }
+}
+
 /// Joins the instance thread on drop.
 #[derive(Debug)]
 pub struct InstanceGuard {
@@ -49,12 +77,18 @@ pub fn spawn_instance(
     slots: Sender<()>,
     spec: Arc<ModelSpec>,
     stats: Arc<ModelStats>,
+    fault: Fault,
 ) -> std::io::Result<InstanceGuard> {
     let thread = std::thread::Builder::new().name(name).spawn(move || {
+        let mut executions = 0u64;
         // One token per free slot: the batcher forms a batch only while it holds one.
         while slots.send(()).is_ok() {
             match rx.recv() {
-                Ok(Work::Run(batch)) => run_batch(engine.as_mut(), batch, &spec, &stats),
+                Ok(Work::Run(batch)) => {
+                    executions += 1;
+                    let fail = !fault.is_off() && fault.strike(executions);
+                    run_batch(engine.as_mut(), batch, &spec, &stats, fail)
+                }
                 Ok(Work::Stop) | Err(_) => break,
             }
         }
@@ -88,7 +122,13 @@ fn live_jobs(batch: Batch, stats: &ModelStats) -> Vec<Job> {
         .collect()
 }
 
-fn run_batch(engine: &mut dyn Engine, batch: Batch, spec: &ModelSpec, stats: &ModelStats) {
+fn run_batch(
+    engine: &mut dyn Engine,
+    batch: Batch,
+    spec: &ModelSpec,
+    stats: &ModelStats,
+    injected_failure: bool,
+) {
     let jobs = live_jobs(batch, stats);
     if jobs.is_empty() {
         return;
@@ -107,7 +147,11 @@ fn run_batch(engine: &mut dyn Engine, batch: Batch, spec: &ModelSpec, stats: &Mo
         .collect();
 
     let sizes: Vec<u64> = jobs.iter().map(|j| j.request.batch_size).collect();
-    let result = if jobs.len() == 1 {
+    let result = if injected_failure {
+        Err(ExecError::Run(
+            "injected fault (switchyard_fault_error_rate in the model config)".into(),
+        ))
+    } else if jobs.len() == 1 {
         engine.execute(&jobs[0].request.inputs, &names)
     } else {
         concat_inputs(&jobs).and_then(|inputs| engine.execute(&inputs, &names))

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use super::autocomplete::{instance_total, normalize_instance_groups};
 use super::paths::{plain_relative, validate_model_name};
 use super::pbtxt::{parse_model_config, parse_model_config_json};
+use crate::deploy::config::FILE_NAME as DEPLOYMENT_FILE;
 use crate::error::InferError;
 use crate::proto::inference::ModelConfig;
 
@@ -52,6 +53,9 @@ pub struct LoadRequest {
 #[derive(Debug, Clone)]
 pub struct Source {
     config: ModelConfig,
+    /// `deployment.toml` as written, if there is one.
+    deployment: Option<String>,
+    /// Everything else in the directory.
     files: u64,
 }
 
@@ -60,9 +64,11 @@ impl Source {
     fn read(dir: &Path) -> Option<Source> {
         let text = std::fs::read_to_string(dir.join("config.pbtxt")).ok()?;
         let config = parse_model_config(&text).ok()?.config;
+        let deployment = std::fs::read_to_string(dir.join(DEPLOYMENT_FILE)).ok();
         Some(Source {
             config,
-            files: fingerprint_except(dir, Some("config.pbtxt")),
+            deployment,
+            files: fingerprint_except(dir, &["config.pbtxt", DEPLOYMENT_FILE]),
         })
     }
 
@@ -192,11 +198,11 @@ fn reap(list: &Mutex<Vec<Arc<ModelVersion>>>) -> Vec<std::thread::JoinHandle<()>
 /// A cheap fingerprint of everything under a model directory: relative paths, sizes and
 /// modification times (symlinks followed), bounded in depth and entries.
 pub fn fingerprint(dir: &Path) -> u64 {
-    fingerprint_except(dir, None)
+    fingerprint_except(dir, &[])
 }
 
 /// [`fingerprint`] without the top-level file `skip`.
-fn fingerprint_except(dir: &Path, skip: Option<&str>) -> u64 {
+fn fingerprint_except(dir: &Path, skip: &[&str]) -> u64 {
     const MAX_DEPTH: usize = 4;
     const MAX_ENTRIES: usize = 10_000;
     let mut items: Vec<(String, u64, u128)> = Vec::new();
@@ -223,7 +229,7 @@ fn fingerprint_except(dir: &Path, skip: Option<&str>) -> u64 {
                 .strip_prefix(dir)
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if depth == 0 && skip.is_some_and(|s| rel == s) {
+            if depth == 0 && skip.contains(&rel.as_str()) {
                 continue;
             }
             items.push((
@@ -384,17 +390,49 @@ impl ModelRepository {
         entry
     }
 
-    /// If the only change on disk since `name` loaded is `instance_group` counts, applies
-    /// it in place (instances added or stopped, no reload) and returns the outcome.
+    /// If the only changes on disk since `name` loaded are `instance_group` counts and
+    /// `deployment.toml`, applies them in place (instances added or stopped, routing
+    /// replaced; no reload) and returns the outcome. A bad `deployment.toml` keeps the old
+    /// routing.
     fn try_resize(&self, name: &str, dir: &Path) -> Option<Result<(), String>> {
         let old = self.entry(name)?;
         if !old.loaded_ok() || old.override_dir.is_some() {
             return None;
         }
         let new = Source::read(dir)?;
-        if !old.source.as_ref()?.only_instance_counts_differ(&new) {
+        let old_source = old.source.as_ref()?;
+        if !old_source.only_instance_counts_differ(&new) {
             return None;
         }
+        let loaded: Vec<i64> = old
+            .versions
+            .iter()
+            .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
+            .map(|(v, _)| *v)
+            .collect();
+        let deployment = if new.deployment == old_source.deployment {
+            old.deployment.clone()
+        } else {
+            match load::read_deployment(dir, &loaded) {
+                Ok(d) => d.map(Arc::new),
+                Err(e) => {
+                    let reason = format!("failed to load '{name}': {e}");
+                    let kept = ModelEntry {
+                        name: old.name.clone(),
+                        config: old.config.clone(),
+                        versions: old.versions.clone(),
+                        error: None,
+                        reload_error: Some(reason.clone()),
+                        override_dir: None,
+                        source: old.source.clone(),
+                        deployment: old.deployment.clone(),
+                        route_seq: Default::default(),
+                    };
+                    self.models.write().insert(name.to_string(), Arc::new(kept));
+                    return Some(Err(reason));
+                }
+            }
+        };
         let mut served = (*old.config.clone()?).clone();
         served.instance_group = new.config.instance_group.clone();
         normalize_instance_groups(&mut served);
@@ -403,13 +441,16 @@ impl ModelRepository {
         let mut result = Ok(());
         for state in old.versions.values() {
             if let VersionState::Ready(m) = state {
+                if m.instance_count() == target {
+                    continue;
+                }
                 if let Err(e) = m.resize(target, served.clone()) {
                     result = Err(format!("failed to load '{name}': {e}"));
                     break;
                 }
             }
         }
-        tracing::info!(model = %name, instances = target, "instance count changed in place");
+        tracing::info!(model = %name, instances = target, "instance count and routing updated in place");
         let entry = ModelEntry {
             name: old.name.clone(),
             config: Some(served),
@@ -418,6 +459,8 @@ impl ModelRepository {
             reload_error: result.as_ref().err().cloned(),
             override_dir: None,
             source: Some(new),
+            deployment,
+            route_seq: Default::default(),
         };
         self.models
             .write()
@@ -522,6 +565,8 @@ impl ModelRepository {
             reload_error: None,
             override_dir: None,
             source: None,
+            deployment: None,
+            route_seq: Default::default(),
         };
         self.models
             .write()
@@ -555,6 +600,8 @@ impl ModelRepository {
                     reload_error: Some(reason.clone()),
                     override_dir: old.override_dir.clone(),
                     source: old.source.clone(),
+                    deployment: old.deployment.clone(),
+                    route_seq: Default::default(),
                 };
                 self.models.write().insert(name.to_string(), Arc::new(kept));
                 // The new entry's versions that did load are released with it, here.

@@ -11,7 +11,8 @@ use super::schedule::scheduler_config;
 use super::warmup;
 use super::{Instances, ModelEntry, ModelVersion, VersionState};
 use crate::config::LoadOptions;
-use crate::executor::instance::spawn_instance;
+use crate::deploy::{self, Deployment};
+use crate::executor::instance::{spawn_instance, Fault};
 use crate::executor::onnx::OnnxEngine;
 use crate::executor::Engine;
 use crate::model::ModelSpec;
@@ -278,6 +279,17 @@ fn load_versions(
             .unwrap_or_else(VersionState::Unavailable);
         versions.insert(v, state);
     }
+    let loaded: Vec<i64> = versions
+        .iter()
+        .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
+        .map(|(v, _)| *v)
+        .collect();
+    // A bad deployment.toml fails the whole model: serving without the routing its owner
+    // wrote could send traffic to a version meant to get none.
+    let deployment = match read_deployment(model_dir, &loaded) {
+        Ok(d) => d.map(Arc::new),
+        Err(e) => return ModelEntry::failed(name, Some(config), format!("model '{name}': {e}")),
+    };
     ModelEntry {
         name: name.to_string(),
         config: Some(config),
@@ -286,6 +298,17 @@ fn load_versions(
         reload_error: None,
         override_dir: None,
         source: None,
+        deployment,
+        route_seq: Default::default(),
+    }
+}
+
+/// Reads and validates `deployment.toml` if the model directory has one.
+pub fn read_deployment(model_dir: &Path, loaded: &[i64]) -> Result<Option<Deployment>, String> {
+    match std::fs::read_to_string(model_dir.join(deploy::config::FILE_NAME)) {
+        Ok(text) => deploy::config::parse(&text, loaded).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", deploy::config::FILE_NAME)),
     }
 }
 
@@ -334,12 +357,17 @@ fn start_version(
     )?;
     let (scheduler, channels) = Scheduler::start(&config.name, sched, instances, stats.clone())
         .map_err(|e| format!("cannot start the batcher thread: {e}"))?;
+    let fault = fault_of(config, files.version)?;
+    if fault != Fault::default() {
+        tracing::warn!(model = %config.name, version = files.version, ?fault, "fault injection is on");
+    }
     let mut set = Instances {
         guards: Vec::with_capacity(instances),
         target: 0,
         channels,
         files,
         next_index: 0,
+        fault,
     };
     add_instances(&mut set, config, &spec, &stats, instances, Some(first))?;
     Ok(ModelVersion {
@@ -349,6 +377,57 @@ fn start_version(
         scheduler,
         instances: Mutex::new(set),
         load_duration: std::time::Duration::ZERO,
+    })
+}
+
+/// The fault-injection parameters of `config` for `version` (all off when absent).
+pub fn fault_of(config: &ModelConfig, version: i64) -> Result<Fault, String> {
+    let param = |k: &str| config.parameters.get(k).map(|p| p.string_value.trim());
+    let bad = |k: &str, v: &str, want: &str| {
+        format!("model '{}': parameter {k} = '{v}': {want}", config.name)
+    };
+    if let Some(list) = param("switchyard_fault_versions") {
+        let mut versions = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            versions.push(item.parse::<i64>().map_err(|_| {
+                bad(
+                    "switchyard_fault_versions",
+                    list,
+                    "expected a comma-separated list of versions",
+                )
+            })?);
+        }
+        if !versions.is_empty() && !versions.contains(&version) {
+            return Ok(Fault::default());
+        }
+    }
+    let latency = match param("switchyard_fault_latency_ms") {
+        None => 0,
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            bad(
+                "switchyard_fault_latency_ms",
+                v,
+                "expected milliseconds (an integer)",
+            )
+        })?,
+    };
+    let error_rate = match param("switchyard_fault_error_rate") {
+        None => 0.0,
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| {
+                bad(
+                    "switchyard_fault_error_rate",
+                    v,
+                    "expected a fraction from 0 to 1",
+                )
+            })?,
+    };
+    Ok(Fault {
+        latency: std::time::Duration::from_millis(latency),
+        error_rate,
     })
 }
 
@@ -391,6 +470,7 @@ fn add_instances(
                 set.channels.slots.clone(),
                 spec.clone(),
                 stats.clone(),
+                set.fault,
             )
             .map_err(|e| format!("cannot start instance thread: {e}"))?,
         );

@@ -34,6 +34,9 @@ pub use autocomplete::DEFAULT_MAX_BATCH_SIZE;
 pub use control::{ControlMode, LoadRequest};
 pub use paths::validate_model_name;
 
+use crate::deploy::router::{pick, Pick};
+use crate::deploy::{Deployment, StickyKey};
+
 /// The reason an unloaded version shows in the index; strict readiness allows it (Triton's rule).
 pub const UNLOADED: &str = "unloaded";
 
@@ -62,6 +65,8 @@ struct Instances {
     files: load::VersionFiles,
     /// Index of the next instance thread's name.
     next_index: usize,
+    /// Fault injection of this version (off unless the config asks).
+    fault: crate::executor::instance::Fault,
 }
 
 impl ModelVersion {
@@ -114,6 +119,10 @@ pub struct ModelEntry {
     pub override_dir: Option<Arc<tempfile::TempDir>>,
     /// What was on disk when this entry loaded from the repository (for in-place updates).
     pub source: Option<control::Source>,
+    /// The model's `deployment.toml`, validated against the versions that loaded.
+    pub deployment: Option<Arc<Deployment>>,
+    /// Unversioned requests routed so far (the split of requests without a sticky key).
+    pub route_seq: std::sync::atomic::AtomicU64,
 }
 
 impl ModelEntry {
@@ -127,6 +136,8 @@ impl ModelEntry {
             reload_error: None,
             override_dir: None,
             source: None,
+            deployment: None,
+            route_seq: Default::default(),
         }
     }
 
@@ -303,6 +314,62 @@ impl ModelRepository {
             None => Err(InferError::NotFound(format!(
                 "Request for unknown model: '{name}' version {v} is not found"
             ))),
+        }
+    }
+
+    /// The version an inference request runs on. Unversioned requests follow the model's
+    /// `deployment.toml` (stable, canary weight, sticky key from `key`); a named version is
+    /// used as named unless the kill switch has it off.
+    pub fn resolve(
+        &self,
+        name: &str,
+        version: &str,
+        key: impl FnOnce(&StickyKey) -> Option<String>,
+    ) -> Result<Arc<ModelVersion>, InferError> {
+        let entry = self.entry(name).ok_or_else(|| {
+            InferError::NotFound(format!("Request for unknown model: '{name}' is not found"))
+        })?;
+        let Some(d) = entry.deployment.as_ref() else {
+            return self.get(name, version);
+        };
+        if !(version.is_empty() || version == "-1") {
+            let m = self.get(name, version)?;
+            if d.killed.contains(&m.spec.version) {
+                return Err(InferError::Unavailable(format!(
+                    "version {} of model '{name}' is switched off (kill switch in deployment.toml)",
+                    m.spec.version
+                )));
+            }
+            return Ok(m);
+        }
+        let key = d.sticky.as_ref().and_then(key);
+        let seq = entry
+            .route_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ready = |v: i64| match entry.versions.get(&v) {
+            Some(VersionState::Ready(m)) => Some(m.clone()),
+            _ => None,
+        };
+        match pick(d, name, key.as_deref(), seq) {
+            Pick::Version(v) => ready(v).ok_or_else(|| {
+                InferError::Unavailable(format!(
+                    "Request for unknown model: '{name}' version {v} (from deployment.toml) is not at ready state"
+                ))
+            }),
+            Pick::Highest => entry
+                .versions
+                .iter()
+                .rev()
+                .filter(|(v, _)| !d.killed.contains(v))
+                .find_map(|(_, s)| match s {
+                    VersionState::Ready(m) => Some(m.clone()),
+                    VersionState::Unavailable(_) => None,
+                })
+                .ok_or_else(|| {
+                    InferError::Unavailable(format!(
+                        "Request for unknown model: '{name}' has no available versions that are switched on"
+                    ))
+                }),
         }
     }
 

@@ -1656,7 +1656,7 @@ def test_instance_count_change_is_applied_in_place_under_load(make_repo, switchy
         for t in threads:
             t.join(timeout=10)
     assert not errors, errors[:5]
-    assert "instance count changed in place" in srv.log()
+    assert "updated in place" in srv.log()
 
 
 def test_exit_timeout_bounds_shutdown_with_stuck_requests(make_repo, switchyard):

@@ -346,6 +346,7 @@ pub fn json_request(
             parameters,
             inputs,
             outputs,
+            headers: Default::default(),
         },
         plan,
     ))

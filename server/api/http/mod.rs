@@ -639,6 +639,8 @@ async fn handle(
                     infer::json_request(&model, &version, body, n, st.limits.max_json_depth)?
                 }
             };
+            let mut request = request;
+            request.headers = headers.clone();
             let response = core.infer(request, None).await?;
             let encoded = infer::encode_response(&response, &plan)?;
             reply(encoded.json, encoded.binary, accept)
