@@ -112,6 +112,17 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub log_verbose: u32,
 
+    /// Directory of the shadow divergence log (`divergence.jsonl`, rotated by size). No log
+    /// without it; shadow counters are kept either way.
+    #[arg(long)]
+    pub shadow_log_dir: Option<PathBuf>,
+    /// Size at which the divergence log rotates, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub shadow_log_max_bytes: u64,
+    /// Rotated divergence logs kept.
+    #[arg(long, default_value_t = 5)]
+    pub shadow_log_keep: usize,
+
     /// Path of ONNX Runtime's shared library (libonnxruntime.so), loaded at run time.
     #[arg(long, env = "ORT_DYLIB_PATH", default_value = "libonnxruntime.so")]
     pub ort_library: PathBuf,

@@ -8,10 +8,15 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::deploy::shadow::{
+    compare, ms, now_ms, DivergenceLog, DivergenceRecord, ShadowArm, Skip, Slot,
+};
 use crate::deploy::StickyKey;
 use crate::error::InferError;
 use crate::proto::inference::ModelConfig;
-use crate::repository::{IndexEntry, LoadRequest, ModelRepository, ModelVersion, VersionState};
+use crate::repository::{
+    IndexEntry, LoadRequest, ModelRepository, ModelVersion, Resolved, VersionState,
+};
 use crate::request::{validate, InferRequest, InferResponse, ParamValue};
 use crate::stats::{FailureReason, StatsSnapshot};
 
@@ -52,6 +57,95 @@ pub struct ModelMetadata {
     pub outputs: Vec<TensorMetadata>,
 }
 
+/// Counts one shadow outcome (`switchyard_shadow_requests_total`).
+fn shadow_outcome(model: &str, shadow_version: i64, outcome: &'static str) {
+    metrics::counter!(
+        "switchyard_shadow_requests_total",
+        "model" => model.to_string(),
+        "version" => shadow_version.to_string(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// One shadow copy on its way.
+struct ShadowRun {
+    /// Held until the comparison is done: counts against `max_in_flight`.
+    _slot: Slot,
+    arm: Arc<ShadowArm>,
+    version: Arc<ModelVersion>,
+    request: InferRequest,
+    /// The primary's answer and latency; dropped if the primary failed.
+    primary: oneshot::Receiver<(InferResponse, std::time::Duration)>,
+    log: Option<Arc<DivergenceLog>>,
+}
+
+/// Runs a shadow copy within its timeout, then scores it against the primary's answer.
+async fn run_shadow(run: ShadowRun) {
+    let ShadowRun {
+        _slot,
+        arm,
+        version,
+        request,
+        primary,
+        log,
+    } = run;
+    let model = request.model_name.clone();
+    let id = request.id.clone();
+    let shadow_v = arm.spec.version;
+    let started = Instant::now();
+    let outcome: Result<InferResponse, &'static str> = async {
+        let valid = validate(request, &version.spec).map_err(|_| "errored")?;
+        let (tx, rx) = oneshot::channel();
+        let deadline = started.checked_add(arm.spec.timeout);
+        version
+            .enqueue(valid, tx, started, deadline)
+            .map_err(|_| "dropped")?;
+        match tokio::time::timeout(arm.spec.timeout, rx).await {
+            Err(_) => Err("timed_out"),
+            Ok(Ok(Ok(r))) => Ok(r),
+            Ok(Ok(Err(InferError::DeadlineExceeded(_)))) => Err("timed_out"),
+            Ok(_) => Err("errored"),
+        }
+    }
+    .await;
+    let shadow_latency = started.elapsed();
+    let shadow = match outcome {
+        Ok(r) => r,
+        Err(o) => return shadow_outcome(&model, shadow_v, o),
+    };
+    let Ok((primary, primary_latency)) = primary.await else {
+        return; // the primary failed: nothing to compare
+    };
+    let c = compare(&primary, &shadow, &arm.spec.compare);
+    shadow_outcome(&model, shadow_v, "compared");
+    shadow_outcome(
+        &model,
+        shadow_v,
+        if c.agree { "agreed" } else { "diverged" },
+    );
+    if !c.agree {
+        if let Some(log) = &log {
+            log.write(&DivergenceRecord {
+                time_ms: now_ms(),
+                model: &model,
+                request_id: &id,
+                primary_version: primary.model_version,
+                shadow_version: shadow_v,
+                primary_score: c.primary.score,
+                shadow_score: c.shadow.score,
+                primary_decision: c.primary.decision,
+                shadow_decision: c.shadow.decision,
+                max_abs_diff: c.max_abs_diff,
+                max_rel_diff: c.max_rel_diff,
+                exact_mismatch: c.exact_mismatch,
+                primary_latency_ms: ms(primary_latency),
+                shadow_latency_ms: ms(shadow_latency),
+            });
+        }
+    }
+}
+
 /// The request's sticky routing key: a string or integer parameter, or a header value.
 fn sticky_key(req: &InferRequest, key: &StickyKey) -> Option<String> {
     match key {
@@ -86,15 +180,28 @@ pub struct Core {
     strict_readiness: bool,
     /// False once shutdown starts: readiness drops and new inference is refused.
     accepting: AtomicBool,
+    /// Where diverging shadow pairs are written (`--shadow-log-dir`), if anywhere.
+    shadow_log: Option<Arc<DivergenceLog>>,
 }
 
 impl Core {
     pub fn new(repository: ModelRepository, id: String, strict_readiness: bool) -> Arc<Self> {
+        Self::with_shadow_log(repository, id, strict_readiness, None)
+    }
+
+    /// A core that writes diverging shadow pairs to `shadow_log`.
+    pub fn with_shadow_log(
+        repository: ModelRepository,
+        id: String,
+        strict_readiness: bool,
+        shadow_log: Option<Arc<DivergenceLog>>,
+    ) -> Arc<Self> {
         Arc::new(Core {
             repository,
             id,
             strict_readiness,
             accepting: AtomicBool::new(true),
+            shadow_log,
         })
     }
 
@@ -271,11 +378,22 @@ impl Core {
                 "Server is stopping, new inference requests are refused".into(),
             ));
         }
-        let version = self
-            .repository
-            .resolve(&req.model_name, &req.model_version, |key| {
-                sticky_key(&req, key)
-            })?;
+        let Resolved { version, shadows } =
+            self.repository
+                .resolve(&req.model_name, &req.model_version, |key| {
+                    sticky_key(&req, key)
+                })?;
+        // Shadow copies: admitted now (sampling, in-flight cap), started once the primary is
+        // queued, and never waited for.
+        let mut shadow_jobs = Vec::new();
+        for (arm, shadow_version) in shadows {
+            match arm.admit() {
+                Ok(slot) => shadow_jobs.push((slot, arm, shadow_version)),
+                Err(Skip::Full) => shadow_outcome(&req.model_name, arm.spec.version, "dropped"),
+                Err(Skip::NotSampled) => {}
+            }
+        }
+        let shadow_request = (!shadow_jobs.is_empty()).then(|| req.clone());
         let request = validate(req, &version.spec)?;
         let (reply, rx) = oneshot::channel();
         if let Err(e) = version.enqueue(request, reply, received, deadline) {
@@ -284,12 +402,33 @@ impl Core {
                 .record_failure(received.elapsed(), FailureReason::of(&e));
             return Err(e);
         }
+        let mut primary_waiters = Vec::with_capacity(shadow_jobs.len());
+        if let Some(shadow_request) = shadow_request {
+            for (slot, arm, shadow_version) in shadow_jobs {
+                let (tx, primary) = oneshot::channel();
+                primary_waiters.push(tx);
+                tokio::spawn(run_shadow(ShadowRun {
+                    _slot: slot,
+                    arm,
+                    version: shadow_version,
+                    request: shadow_request.clone(),
+                    primary,
+                    log: self.shadow_log.clone(),
+                }));
+            }
+        }
         // `version` stays alive until the answer arrives, so a drain never drops this request.
         let result = rx.await.unwrap_or_else(|_| {
             Err(InferError::Internal(
                 "the model instance stopped before answering".into(),
             ))
         });
+        if let Ok(response) = &result {
+            let latency = received.elapsed();
+            for tx in primary_waiters {
+                let _ = tx.send((response.clone(), latency));
+            }
+        }
         drop(version);
         result
     }

@@ -95,7 +95,23 @@ pub async fn run(
         }
         tracing::warn!(models = ?failed, "some models failed to load; serving the rest");
     }
-    let core = Core::new(repository, args.id.clone(), args.strict_readiness);
+    let shadow_log = match &args.shadow_log_dir {
+        Some(dir) => Some(std::sync::Arc::new(
+            deploy::shadow::DivergenceLog::new(
+                dir,
+                args.shadow_log_max_bytes,
+                args.shadow_log_keep,
+            )
+            .with_context(|| format!("cannot create --shadow-log-dir '{}'", dir.display()))?,
+        )),
+        None => None,
+    };
+    let core = Core::with_shadow_log(
+        repository,
+        args.id.clone(),
+        args.strict_readiness,
+        shadow_log,
+    );
     if !args.allow_grpc && !args.allow_http {
         anyhow::bail!("--allow-grpc=false and --allow-http=false leave no endpoint");
     }

@@ -32,9 +32,38 @@ pub struct DeploymentFile {
     pub killed: Vec<i64>,
     pub canary: Option<CanaryFile>,
     pub sticky: Option<StickyFile>,
-    /// Shadow versions (not implemented yet: refused with a clear error).
+    /// Shadow versions: each gets a copy of sampled unversioned requests.
     #[serde(default)]
-    pub shadow: Vec<toml::Value>,
+    pub shadow: Vec<ShadowFile>,
+}
+
+/// `[[shadow]]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowFile {
+    pub version: i64,
+    /// Percent of routed requests copied to the shadow (default 100).
+    pub sample_percent: Option<f64>,
+    /// Shadow requests in flight at most; more are dropped and counted (default 16).
+    pub max_in_flight: Option<usize>,
+    /// A shadow answer later than this is dropped and counted (default 1000).
+    pub timeout_ms: Option<u64>,
+    pub compare: Option<CompareFile>,
+}
+
+/// `[shadow.compare]`: how a pair of answers is scored.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompareFile {
+    /// The output holding the score (default: the first output).
+    pub output: Option<String>,
+    /// Flat index of the score in that output (default 0).
+    pub element: Option<usize>,
+    /// Decision: score > threshold. Without one, any difference beyond the tolerances diverges.
+    pub threshold: Option<f64>,
+    /// Float outputs agree when |a - b| <= abs_tolerance + rel_tolerance * |a| (defaults 1e-6, 1e-4).
+    pub abs_tolerance: Option<f64>,
+    pub rel_tolerance: Option<f64>,
 }
 
 /// `[canary]`.
@@ -74,17 +103,44 @@ pub struct Deployment {
     pub canary: Option<(i64, u32)>,
     pub killed: BTreeSet<i64>,
     pub sticky: Option<StickyKey>,
+    pub shadows: Vec<ShadowSpec>,
 }
 
-/// Parses and validates `text` against the versions that loaded. Every error names the key
-/// and the value.
-pub fn parse(text: &str, loaded: &[i64]) -> Result<Deployment, String> {
+/// A validated `[[shadow]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowSpec {
+    pub version: i64,
+    /// Basis points of requests copied (0..=10 000).
+    pub sample_bp: u32,
+    pub max_in_flight: usize,
+    pub timeout: std::time::Duration,
+    pub compare: CompareSpec,
+}
+
+/// A validated `[shadow.compare]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompareSpec {
+    /// The score's output (None: the first output of the response).
+    pub output: Option<String>,
+    pub element: usize,
+    pub threshold: Option<f64>,
+    pub abs_tolerance: f64,
+    pub rel_tolerance: f64,
+}
+
+/// Parses and validates `text` against the versions that loaded and the model's output
+/// names. Every error names the key and the value.
+pub fn parse(text: &str, loaded: &[i64], outputs: &[String]) -> Result<Deployment, String> {
     let file: DeploymentFile =
         toml::from_str(text).map_err(|e| format!("{FILE_NAME}: {}", e.to_string().trim()))?;
-    validate(file, loaded)
+    validate(file, loaded, outputs)
 }
 
-fn validate(file: DeploymentFile, loaded: &[i64]) -> Result<Deployment, String> {
+fn validate(
+    file: DeploymentFile,
+    loaded: &[i64],
+    outputs: &[String],
+) -> Result<Deployment, String> {
     let err = |m: String| Err(format!("{FILE_NAME}: {m}"));
     let must_be_loaded = |key: &str, v: i64| -> Result<(), String> {
         if loaded.contains(&v) {
@@ -95,8 +151,79 @@ fn validate(file: DeploymentFile, loaded: &[i64]) -> Result<Deployment, String> 
             ))
         }
     };
-    if !file.shadow.is_empty() {
-        return err("[[shadow]]: shadow versions are not implemented yet".into());
+    let mut shadows = Vec::with_capacity(file.shadow.len());
+    for sh in &file.shadow {
+        must_be_loaded("shadow.version", sh.version)?;
+        if Some(sh.version) == file.stable {
+            return err(format!(
+                "shadow.version = {}: the stable version cannot shadow itself",
+                sh.version
+            ));
+        }
+        if shadows.iter().any(|s: &ShadowSpec| s.version == sh.version) {
+            return err(format!("shadow.version = {}: given twice", sh.version));
+        }
+        let pct = sh.sample_percent.unwrap_or(100.0);
+        if !(0.0..=100.0).contains(&pct) || pct.is_nan() {
+            return err(format!(
+                "shadow.sample_percent = {pct}: must be between 0 and 100"
+            ));
+        }
+        let max_in_flight = sh.max_in_flight.unwrap_or(16);
+        if max_in_flight == 0 || max_in_flight > 100_000 {
+            return err(format!(
+                "shadow.max_in_flight = {max_in_flight}: must be between 1 and 100000"
+            ));
+        }
+        let timeout_ms = sh.timeout_ms.unwrap_or(1000);
+        if timeout_ms == 0 || timeout_ms > 600_000 {
+            return err(format!(
+                "shadow.timeout_ms = {timeout_ms}: must be between 1 and 600000"
+            ));
+        }
+        let c = sh.compare.clone().unwrap_or(CompareFile {
+            output: None,
+            element: None,
+            threshold: None,
+            abs_tolerance: None,
+            rel_tolerance: None,
+        });
+        if let Some(o) = &c.output {
+            if !outputs.contains(o) {
+                return err(format!(
+                    "shadow.compare.output = \"{o}\": the model has no such output (outputs: {outputs:?})"
+                ));
+            }
+        }
+        let tol = |key: &str, v: Option<f64>, default: f64| -> Result<f64, String> {
+            let v = v.unwrap_or(default);
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                Err(format!(
+                    "{FILE_NAME}: shadow.compare.{key} = {v}: must be >= 0"
+                ))
+            }
+        };
+        if c.threshold.is_some_and(|t| !t.is_finite()) {
+            return err(format!(
+                "shadow.compare.threshold = {:?}: must be a finite number",
+                c.threshold
+            ));
+        }
+        shadows.push(ShadowSpec {
+            version: sh.version,
+            sample_bp: (pct * 100.0).round() as u32,
+            max_in_flight,
+            timeout: std::time::Duration::from_millis(timeout_ms),
+            compare: CompareSpec {
+                output: c.output.clone(),
+                element: c.element.unwrap_or(0),
+                threshold: c.threshold,
+                abs_tolerance: tol("abs_tolerance", c.abs_tolerance, 1e-6)?,
+                rel_tolerance: tol("rel_tolerance", c.rel_tolerance, 1e-4)?,
+            },
+        });
     }
     let killed: BTreeSet<i64> = file.killed.iter().copied().collect();
     if let Some(v) = file.killed.iter().find(|v| **v < 1) {
@@ -169,6 +296,7 @@ fn validate(file: DeploymentFile, loaded: &[i64]) -> Result<Deployment, String> 
         canary,
         killed,
         sticky,
+        shadows,
     })
 }
 
@@ -181,13 +309,23 @@ mod tests {
         let d = parse(
             "stable = 1\nkilled = [3]\n[canary]\nversion = 2\nweight = 5.5\n[sticky]\nheader = \"X-User\"\n",
             &[1, 2, 3],
+            &[],
         )
         .unwrap();
         assert_eq!(d.stable, Some(1));
         assert_eq!(d.canary, Some((2, 550)));
         assert_eq!(d.sticky, Some(StickyKey::Header("x-user".into())));
         assert!(d.killed.contains(&3));
-        assert_eq!(parse("", &[1]).unwrap(), Deployment::default());
+        assert_eq!(parse("", &[1], &[]).unwrap(), Deployment::default());
+        let sh = parse(
+            "stable = 1\n[[shadow]]\nversion = 2\nsample_percent = 50.0\n[shadow.compare]\noutput = \"p\"\nelement = 1\nthreshold = 0.85\n",
+            &[1, 2],
+            &["p".into()],
+        )
+        .unwrap();
+        assert_eq!(sh.shadows[0].sample_bp, 5_000);
+        assert_eq!(sh.shadows[0].compare.threshold, Some(0.85));
+        assert_eq!(sh.shadows[0].max_in_flight, 16);
     }
 
     #[test]
@@ -220,7 +358,26 @@ mod tests {
             ),
             ("[sticky]\nparameter = \"a\"\nheader = \"b\"", "exactly one"),
             ("[sticky]\nparameter = \" \"", "exactly one"),
-            ("[[shadow]]\nversion = 2", "not implemented"),
+            (
+                "stable = 1\n[[shadow]]\nversion = 1",
+                "cannot shadow itself",
+            ),
+            (
+                "[[shadow]]\nversion = 2\nsample_percent = 101.0",
+                "shadow.sample_percent = 101",
+            ),
+            (
+                "[[shadow]]\nversion = 2\nmax_in_flight = 0",
+                "shadow.max_in_flight = 0",
+            ),
+            (
+                "[[shadow]]\nversion = 2\n[shadow.compare]\noutput = \"nope\"",
+                "shadow.compare.output = \"nope\"",
+            ),
+            (
+                "[[shadow]]\nversion = 2\n[shadow.compare]\nabs_tolerance = -1.0",
+                "abs_tolerance = -1",
+            ),
             (
                 "stable = 1\n[canary]\nversion = 2\nsteps = [1.0, 5.0]",
                 "canary.steps",
@@ -228,7 +385,7 @@ mod tests {
             ("killed = [0]", "killed"),
         ];
         for (text, want) in cases {
-            let e = parse(text, &[1, 2]).unwrap_err();
+            let e = parse(text, &[1, 2], &["p".into()]).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");
             assert!(e.starts_with(FILE_NAME), "{e}");
         }

@@ -1,8 +1,10 @@
 //! Safe deployment inside the server: per-model `deployment.toml` (`config`) and the routing
 //! of unversioned requests between stable and canary versions (`router`), with sticky keys and
-//! a kill switch. Explicitly versioned requests bypass routing (but not the kill switch).
+//! a kill switch (`router`), and shadow versions (`shadow`). Explicitly versioned requests bypass
+//! routing and shadowing (but not the kill switch).
 
 pub mod config;
 pub mod router;
+pub mod shadow;
 
 pub use config::{Deployment, StickyKey};

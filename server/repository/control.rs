@@ -410,11 +410,16 @@ impl ModelRepository {
             .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
             .map(|(v, _)| *v)
             .collect();
-        let deployment = if new.deployment == old_source.deployment {
-            old.deployment.clone()
+        let (deployment, shadow_arms) = if new.deployment == old_source.deployment {
+            (old.deployment.clone(), old.shadow_arms.clone())
         } else {
-            match load::read_deployment(dir, &loaded) {
-                Ok(d) => d.map(Arc::new),
+            let outputs: Vec<String> = old
+                .config
+                .iter()
+                .flat_map(|c| c.output.iter().map(|o| o.name.clone()))
+                .collect();
+            match load::read_deployment(dir, &loaded, &outputs) {
+                Ok(d) => (d.clone().map(Arc::new), load::arms_of(d.as_ref())),
                 Err(e) => {
                     let reason = format!("failed to load '{name}': {e}");
                     let kept = ModelEntry {
@@ -426,6 +431,7 @@ impl ModelRepository {
                         override_dir: None,
                         source: old.source.clone(),
                         deployment: old.deployment.clone(),
+                        shadow_arms: old.shadow_arms.clone(),
                         route_seq: Default::default(),
                     };
                     self.models.write().insert(name.to_string(), Arc::new(kept));
@@ -460,6 +466,7 @@ impl ModelRepository {
             override_dir: None,
             source: Some(new),
             deployment,
+            shadow_arms,
             route_seq: Default::default(),
         };
         self.models
@@ -566,6 +573,7 @@ impl ModelRepository {
             override_dir: None,
             source: None,
             deployment: None,
+            shadow_arms: Vec::new(),
             route_seq: Default::default(),
         };
         self.models
@@ -601,6 +609,7 @@ impl ModelRepository {
                     override_dir: old.override_dir.clone(),
                     source: old.source.clone(),
                     deployment: old.deployment.clone(),
+                    shadow_arms: old.shadow_arms.clone(),
                     route_seq: Default::default(),
                 };
                 self.models.write().insert(name.to_string(), Arc::new(kept));

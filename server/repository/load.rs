@@ -11,6 +11,7 @@ use super::schedule::scheduler_config;
 use super::warmup;
 use super::{Instances, ModelEntry, ModelVersion, VersionState};
 use crate::config::LoadOptions;
+use crate::deploy::shadow::ShadowArm;
 use crate::deploy::{self, Deployment};
 use crate::executor::instance::{spawn_instance, Fault};
 use crate::executor::onnx::OnnxEngine;
@@ -286,7 +287,8 @@ fn load_versions(
         .collect();
     // A bad deployment.toml fails the whole model: serving without the routing its owner
     // wrote could send traffic to a version meant to get none.
-    let deployment = match read_deployment(model_dir, &loaded) {
+    let outputs: Vec<String> = config.output.iter().map(|o| o.name.clone()).collect();
+    let deployment = match read_deployment(model_dir, &loaded, &outputs) {
         Ok(d) => d.map(Arc::new),
         Err(e) => return ModelEntry::failed(name, Some(config), format!("model '{name}': {e}")),
     };
@@ -298,15 +300,27 @@ fn load_versions(
         reload_error: None,
         override_dir: None,
         source: None,
+        shadow_arms: arms_of(deployment.as_deref()),
         deployment,
         route_seq: Default::default(),
     }
 }
 
+/// Fresh runtime state for the shadows of `deployment`.
+pub fn arms_of(deployment: Option<&Deployment>) -> Vec<Arc<ShadowArm>> {
+    deployment
+        .map(|d| d.shadows.iter().cloned().map(ShadowArm::new).collect())
+        .unwrap_or_default()
+}
+
 /// Reads and validates `deployment.toml` if the model directory has one.
-pub fn read_deployment(model_dir: &Path, loaded: &[i64]) -> Result<Option<Deployment>, String> {
+pub fn read_deployment(
+    model_dir: &Path,
+    loaded: &[i64],
+    outputs: &[String],
+) -> Result<Option<Deployment>, String> {
     match std::fs::read_to_string(model_dir.join(deploy::config::FILE_NAME)) {
-        Ok(text) => deploy::config::parse(&text, loaded).map(Some),
+        Ok(text) => deploy::config::parse(&text, loaded, outputs).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", deploy::config::FILE_NAME)),
     }

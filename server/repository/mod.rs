@@ -35,7 +35,16 @@ pub use control::{ControlMode, LoadRequest};
 pub use paths::validate_model_name;
 
 use crate::deploy::router::{pick, Pick};
+use crate::deploy::shadow::ShadowArm;
 use crate::deploy::{Deployment, StickyKey};
+
+/// Where an inference request runs: its version, and the shadows that may get a copy.
+#[derive(Debug)]
+pub struct Resolved {
+    pub version: Arc<ModelVersion>,
+    /// (arm, its READY version), only for routed (unversioned) requests.
+    pub shadows: Vec<(Arc<ShadowArm>, Arc<ModelVersion>)>,
+}
 
 /// The reason an unloaded version shows in the index; strict readiness allows it (Triton's rule).
 pub const UNLOADED: &str = "unloaded";
@@ -121,6 +130,8 @@ pub struct ModelEntry {
     pub source: Option<control::Source>,
     /// The model's `deployment.toml`, validated against the versions that loaded.
     pub deployment: Option<Arc<Deployment>>,
+    /// Runtime state of each `[[shadow]]` of `deployment`.
+    pub shadow_arms: Vec<Arc<ShadowArm>>,
     /// Unversioned requests routed so far (the split of requests without a sticky key).
     pub route_seq: std::sync::atomic::AtomicU64,
 }
@@ -137,6 +148,7 @@ impl ModelEntry {
             override_dir: None,
             source: None,
             deployment: None,
+            shadow_arms: Vec::new(),
             route_seq: Default::default(),
         }
     }
@@ -325,12 +337,16 @@ impl ModelRepository {
         name: &str,
         version: &str,
         key: impl FnOnce(&StickyKey) -> Option<String>,
-    ) -> Result<Arc<ModelVersion>, InferError> {
+    ) -> Result<Resolved, InferError> {
         let entry = self.entry(name).ok_or_else(|| {
             InferError::NotFound(format!("Request for unknown model: '{name}' is not found"))
         })?;
+        let direct = |version| Resolved {
+            version,
+            shadows: Vec::new(),
+        };
         let Some(d) = entry.deployment.as_ref() else {
-            return self.get(name, version);
+            return self.get(name, version).map(direct);
         };
         if !(version.is_empty() || version == "-1") {
             let m = self.get(name, version)?;
@@ -340,7 +356,7 @@ impl ModelRepository {
                     m.spec.version
                 )));
             }
-            return Ok(m);
+            return Ok(direct(m));
         }
         let key = d.sticky.as_ref().and_then(key);
         let seq = entry
@@ -350,7 +366,7 @@ impl ModelRepository {
             Some(VersionState::Ready(m)) => Some(m.clone()),
             _ => None,
         };
-        match pick(d, name, key.as_deref(), seq) {
+        let primary = match pick(d, name, key.as_deref(), seq) {
             Pick::Version(v) => ready(v).ok_or_else(|| {
                 InferError::Unavailable(format!(
                     "Request for unknown model: '{name}' version {v} (from deployment.toml) is not at ready state"
@@ -370,7 +386,18 @@ impl ModelRepository {
                         "Request for unknown model: '{name}' has no available versions that are switched on"
                     ))
                 }),
-        }
+        }?;
+        let shadows = entry
+            .shadow_arms
+            .iter()
+            .filter(|arm| arm.spec.version != primary.spec.version)
+            .filter(|arm| !d.killed.contains(&arm.spec.version))
+            .filter_map(|arm| ready(arm.spec.version).map(|v| (arm.clone(), v)))
+            .collect();
+        Ok(Resolved {
+            version: primary,
+            shadows,
+        })
     }
 
     /// RepositoryIndex rows; with `ready_only`, only READY versions. Model directories that
