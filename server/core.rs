@@ -163,6 +163,44 @@ fn sticky_key(req: &InferRequest, key: &StickyKey) -> Option<String> {
     }
 }
 
+/// `GET /v2/models/{m}/deployment`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeploymentState {
+    pub model: String,
+    pub has_deployment_file: bool,
+    /// The version answering unversioned requests not sent to the canary.
+    pub stable: Option<i64>,
+    pub canary: Option<CanaryState>,
+    pub killed: Vec<i64>,
+    /// `parameter:<name>` or `header:<name>`.
+    pub sticky: Option<String>,
+    pub shadows: Vec<ShadowState>,
+    pub versions: Vec<VersionRow>,
+    /// Why the last (re)load of the model or its deployment file failed, if it did.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CanaryState {
+    pub version: i64,
+    pub weight_percent: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShadowState {
+    pub version: i64,
+    pub sample_percent: f64,
+    pub max_in_flight: usize,
+    pub timeout_ms: u64,
+    pub in_flight: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VersionRow {
+    pub version: i64,
+    pub state: String,
+}
+
 /// Statistics of one model version.
 #[derive(Debug, Clone)]
 pub struct VersionStats {
@@ -358,6 +396,62 @@ impl Core {
         tokio::task::spawn_blocking(move || core.repository.unload(&name))
             .await
             .map_err(|e| InferError::Internal(format!("model unload task failed: {e}")))?
+    }
+
+    /// The deployment state of a model: its routing and shadows as loaded, and their runtime.
+    pub fn deployment_state(&self, name: &str) -> Result<DeploymentState, InferError> {
+        let entry = self.repository.entry(name).ok_or_else(|| {
+            InferError::NotFound(format!("Request for unknown model: '{name}' is not found"))
+        })?;
+        let versions = entry
+            .versions
+            .iter()
+            .map(|(v, s)| VersionRow {
+                version: *v,
+                state: match s {
+                    VersionState::Ready(_) => "READY".into(),
+                    VersionState::Unavailable(_) => "UNAVAILABLE".into(),
+                },
+            })
+            .collect();
+        let d = entry.deployment.as_deref();
+        let highest_ready = entry
+            .versions
+            .iter()
+            .rev()
+            .find(|(v, s)| {
+                matches!(s, VersionState::Ready(_)) && !d.is_some_and(|d| d.killed.contains(v))
+            })
+            .map(|(v, _)| *v);
+        Ok(DeploymentState {
+            model: name.to_string(),
+            has_deployment_file: d.is_some(),
+            stable: d.and_then(|d| d.stable).or(highest_ready),
+            canary: d.and_then(|d| d.canary).map(|(version, bp)| CanaryState {
+                version,
+                weight_percent: f64::from(bp) / 100.0,
+            }),
+            killed: d
+                .map(|d| d.killed.iter().copied().collect())
+                .unwrap_or_default(),
+            sticky: d.and_then(|d| d.sticky.as_ref()).map(|k| match k {
+                StickyKey::Parameter(p) => format!("parameter:{p}"),
+                StickyKey::Header(h) => format!("header:{h}"),
+            }),
+            shadows: entry
+                .shadow_arms
+                .iter()
+                .map(|a| ShadowState {
+                    version: a.spec.version,
+                    sample_percent: f64::from(a.spec.sample_bp) / 100.0,
+                    max_in_flight: a.spec.max_in_flight,
+                    timeout_ms: a.spec.timeout.as_millis() as u64,
+                    in_flight: a.in_flight(),
+                })
+                .collect(),
+            versions,
+            last_error: entry.reload_error.clone().or_else(|| entry.error.clone()),
+        })
     }
 
     /// RepositoryIndex rows.

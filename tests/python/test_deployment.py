@@ -245,3 +245,26 @@ def test_bad_fault_parameter_fails_the_load(make_repo, switchyard):
     srv = switchyard(repo, "--exit-on-error=false", "--strict-readiness=false")
     rows = [m.reason for m in srv.client().get_model_repository_index().models]
     assert any("switchyard_fault_error_rate = '2'" in r for r in rows), rows
+
+
+def test_deployment_state_endpoint(make_repo, switchyard):
+    repo = fraud_repo(make_repo, "stable = 1\nkilled = [3]\n[canary]\nversion = 2\nweight = 12.5\n"
+                      "[sticky]\nheader = \"X-User\"\n[[shadow]]\nversion = 2\nsample_percent = 50.0\n")
+    srv = switchyard(repo, "--http-restricted-api=model-repository:admin=k")
+    url = f"http://{srv.http_url}/v2/models/fraud_mlp/deployment"
+    r = requests.get(url, timeout=TIMEOUT)
+    assert r.status_code == 403 and "admin" in r.json()["error"]
+    r = requests.get(url, headers={"admin": "k"}, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    s = r.json()
+    assert s["stable"] == 1 and s["canary"] == {"version": 2, "weight_percent": 12.5}
+    assert s["killed"] == [3] and s["sticky"] == "header:x-user"
+    assert s["shadows"][0]["version"] == 2 and s["shadows"][0]["sample_percent"] == 50.0
+    assert [v["state"] for v in s["versions"]] == ["READY", "READY"]
+    assert requests.get(f"http://{srv.http_url}/v2/models/nope/deployment",
+                        headers={"admin": "k"}, timeout=TIMEOUT).status_code == 404
+    assert requests.post(url, headers={"admin": "k"}, timeout=TIMEOUT).status_code == 405
+    # Without a deployment.toml: the highest READY version is the stable one.
+    plain = switchyard(fraud_repo(make_repo, None))
+    p = requests.get(f"http://{plain.http_url}/v2/models/fraud_mlp/deployment", timeout=TIMEOUT).json()
+    assert p["has_deployment_file"] is False and p["stable"] == 2 and p["canary"] is None

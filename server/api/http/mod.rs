@@ -104,6 +104,10 @@ impl HttpEndpoint {
 /// One of Triton's routes, with its path parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Route {
+    /// Switchyard: the model's deployment state (`deployment.toml` and its runtime).
+    Deployment {
+        model: String,
+    },
     ServerMetadata,
     Live,
     Ready,
@@ -186,6 +190,7 @@ impl Route {
                     ["infer"] => Route::Infer { model, version },
                     ["config"] => Route::Config { model, version },
                     ["stats"] => Route::Stats { model, version },
+                    ["deployment"] if version.is_empty() => Route::Deployment { model },
                     ["trace", "setting"] if version.is_empty() => Route::Unimplemented {
                         what: "trace settings",
                         category: Category::Trace,
@@ -253,9 +258,10 @@ impl Route {
             Route::Infer { .. } => Category::Inference,
             Route::Config { .. } => Category::ModelConfig,
             Route::Stats { .. } => Category::Statistics,
-            Route::Index { .. } | Route::Load { .. } | Route::Unload { .. } => {
-                Category::ModelRepository
-            }
+            Route::Index { .. }
+            | Route::Load { .. }
+            | Route::Unload { .. }
+            | Route::Deployment { .. } => Category::ModelRepository,
             Route::Unimplemented { category, .. } => *category,
         }
     }
@@ -566,6 +572,7 @@ async fn handle(
                 error_response(StatusCode::BAD_REQUEST, "Model version not ready")
             }
         }
+        Route::Deployment { model } => json_reply(&core.deployment_state(&model)?, accept),
         Route::Config { model, version } => proto_reply(
             core.model_config(&model, &version)?.as_ref(),
             "inference.ModelConfig",
