@@ -268,3 +268,53 @@ def test_deployment_state_endpoint(make_repo, switchyard):
     plain = switchyard(fraud_repo(make_repo, None))
     p = requests.get(f"http://{plain.http_url}/v2/models/fraud_mlp/deployment", timeout=TIMEOUT).json()
     assert p["has_deployment_file"] is False and p["stable"] == 2 and p["canary"] is None
+
+
+def test_blue_green_switch_and_rollback_under_load(make_repo, switchyard):
+    """`stable` flips 1 -> 2 -> 1 -> 2 while three clients send unversioned requests: zero
+    failed requests, each switch takes effect, and both versions stay loaded throughout."""
+    import threading
+
+    repo = fraud_repo(make_repo, "stable = 1\n")
+    srv = switchyard(repo, "--model-control-mode=poll", "--repository-poll-secs=1")
+    answered: "queue.Queue[tuple[float, str]]" = queue.Queue()
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def client():
+        c = srv.client()
+        x = grpcclient.InferInput("features", [1, 30], "FP32")
+        x.set_data_from_numpy(h.fraud_inputs(1, seed=5)["features"])
+        while not stop.is_set():
+            try:
+                r = c.infer("fraud_mlp", [x], client_timeout=TIMEOUT)
+                answered.put((time.monotonic(), r.get_response().model_version))
+            except Exception as e:  # any failure fails the test
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    recent: list[str] = []
+
+    def latest(n=30) -> set[str]:
+        while True:
+            try:
+                recent.append(answered.get_nowait()[1])
+            except queue.Empty:
+                break
+        return set(recent[-n:])
+
+    try:
+        wait_for(lambda: latest() == {"1"} and len(recent) > 50, "traffic on v1")
+        for target in ("2", "1", "2"):
+            write_deployment(repo, f"stable = {target}\n")
+            wait_for(lambda: latest() == {target}, f"all traffic on v{target}")
+            c = srv.client()
+            assert c.is_model_ready("fraud_mlp", "1") and c.is_model_ready("fraud_mlp", "2")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert not errors, errors[:5]
+    assert len(recent) > 200
