@@ -15,7 +15,7 @@ use crate::deploy::StickyKey;
 use crate::error::InferError;
 use crate::proto::inference::ModelConfig;
 use crate::repository::{
-    IndexEntry, LoadRequest, ModelRepository, ModelVersion, Resolved, VersionState,
+    Arm, IndexEntry, LoadRequest, ModelRepository, ModelVersion, Resolved, VersionState,
 };
 use crate::request::{validate, InferRequest, InferResponse, ParamValue};
 use crate::stats::{FailureReason, StatsSnapshot};
@@ -55,6 +55,27 @@ pub struct ModelMetadata {
     pub platform: String,
     pub inputs: Vec<TensorMetadata>,
     pub outputs: Vec<TensorMetadata>,
+}
+
+/// Per-arm request, failure and latency series of a routed (or shadow) request.
+fn arm_metrics(
+    model: &str,
+    version: i64,
+    arm: &'static str,
+    ok: bool,
+    latency: std::time::Duration,
+) {
+    let labels = [
+        ("model", model.to_string()),
+        ("version", version.to_string()),
+        ("arm", arm.to_string()),
+    ];
+    metrics::counter!("switchyard_arm_requests_total", &labels).increment(1);
+    if !ok {
+        metrics::counter!("switchyard_arm_failures_total", &labels).increment(1);
+    }
+    metrics::histogram!("switchyard_arm_request_duration_seconds", &labels)
+        .record(latency.as_secs_f64());
 }
 
 /// Counts one shadow outcome (`switchyard_shadow_requests_total`).
@@ -110,6 +131,9 @@ async fn run_shadow(run: ShadowRun) {
     }
     .await;
     let shadow_latency = started.elapsed();
+    if !matches!(outcome, Err("dropped")) {
+        arm_metrics(&model, shadow_v, "shadow", outcome.is_ok(), shadow_latency);
+    }
     let shadow = match outcome {
         Ok(r) => r,
         Err(o) => return shadow_outcome(&model, shadow_v, o),
@@ -472,11 +496,15 @@ impl Core {
                 "Server is stopping, new inference requests are refused".into(),
             ));
         }
-        let Resolved { version, shadows } =
-            self.repository
-                .resolve(&req.model_name, &req.model_version, |key| {
-                    sticky_key(&req, key)
-                })?;
+        let Resolved {
+            version,
+            arm,
+            shadows,
+        } = self
+            .repository
+            .resolve(&req.model_name, &req.model_version, |key| {
+                sticky_key(&req, key)
+            })?;
         // Shadow copies: admitted now (sampling, in-flight cap), started once the primary is
         // queued, and never waited for.
         let mut shadow_jobs = Vec::new();
@@ -517,8 +545,17 @@ impl Core {
                 "the model instance stopped before answering".into(),
             ))
         });
+        let latency = received.elapsed();
+        if arm != Arm::Unrouted {
+            arm_metrics(
+                &version.spec.name,
+                version.spec.version,
+                arm.label(),
+                result.is_ok(),
+                latency,
+            );
+        }
         if let Ok(response) = &result {
-            let latency = received.elapsed();
             for tx in primary_waiters {
                 let _ = tx.send((response.clone(), latency));
             }

@@ -174,6 +174,30 @@ fn describe() {
         "Compute time (input + infer + output) of the batch each successful request ran in, in seconds"
     );
     describe_histogram!(BATCH_SIZE, "Inferences per model execution");
+    describe_counter!(
+        "switchyard_arm_requests_total",
+        "Requests answered per deployment arm (stable, canary, shadow)"
+    );
+    describe_counter!(
+        "switchyard_arm_failures_total",
+        "Failed requests per deployment arm"
+    );
+    describe_histogram!(
+        "switchyard_arm_request_duration_seconds",
+        "End-to-end request latency per deployment arm"
+    );
+    describe_counter!(
+        "switchyard_shadow_requests_total",
+        "Shadow copies by outcome: compared, agreed, diverged, dropped, timed_out, errored"
+    );
+    describe_gauge!(
+        "switchyard_canary_weight_percent",
+        "Percent of unversioned requests routed to the canary (0 when killed)"
+    );
+    describe_gauge!(
+        "switchyard_stable_version",
+        "The version answering unversioned requests"
+    );
 }
 
 fn us(d: CountNs) -> u64 {
@@ -213,11 +237,36 @@ struct Scrape {
     handle: PrometheusHandle,
 }
 
+/// Routing gauges of a model with a `deployment.toml`.
+fn publish_deployment(model: &str, d: &crate::deploy::Deployment) {
+    if let Some(stable) = d.stable {
+        gauge!("switchyard_stable_version", "model" => model.to_string()).set(stable as f64);
+    }
+    if let Some((canary, bp)) = d.canary {
+        let weight = if d.killed.contains(&canary) {
+            0.0
+        } else {
+            f64::from(bp) / 100.0
+        };
+        gauge!(
+            "switchyard_canary_weight_percent",
+            "model" => model.to_string(),
+            "version" => canary.to_string()
+        )
+        .set(weight);
+    }
+}
+
 async fn metrics_handler(
     axum::extract::State(s): axum::extract::State<Scrape>,
 ) -> impl IntoResponse {
     for v in s.core.repository.ready_versions() {
         publish_version(&v, &v.stats.snapshot());
+    }
+    for e in s.core.repository.entries() {
+        if let Some(d) = &e.deployment {
+            publish_deployment(&e.name, d);
+        }
     }
     ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], s.handle.render())
 }

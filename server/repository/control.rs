@@ -177,7 +177,11 @@ fn trim_heap() {
     let t0 = tokio::time::Instant::now();
     let released = switchyard_kernels::trim_heap();
     let us = t0.elapsed().as_micros() as u64;
-    tracing::debug!(released, us, "trimmed the heap after releasing model versions");
+    tracing::debug!(
+        released,
+        us,
+        "trimmed the heap after releasing model versions"
+    );
 }
 
 /// Drops every retired version nothing else holds, each on its own short-lived thread:

@@ -38,10 +38,33 @@ use crate::deploy::router::{pick, Pick};
 use crate::deploy::shadow::ShadowArm;
 use crate::deploy::{Deployment, StickyKey};
 
+/// Which part of a deployment answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arm {
+    /// The stable version of a `deployment.toml` (or the highest one it leaves to).
+    Stable,
+    /// The canary of a `deployment.toml`.
+    Canary,
+    /// A request that named its version, or a model without `deployment.toml`.
+    Unrouted,
+}
+
+impl Arm {
+    /// The `arm` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Arm::Stable => "stable",
+            Arm::Canary => "canary",
+            Arm::Unrouted => "unrouted",
+        }
+    }
+}
+
 /// Where an inference request runs: its version, and the shadows that may get a copy.
 #[derive(Debug)]
 pub struct Resolved {
     pub version: Arc<ModelVersion>,
+    pub arm: Arm,
     /// (arm, its READY version), only for routed (unversioned) requests.
     pub shadows: Vec<(Arc<ShadowArm>, Arc<ModelVersion>)>,
 }
@@ -343,6 +366,7 @@ impl ModelRepository {
         })?;
         let direct = |version| Resolved {
             version,
+            arm: Arm::Unrouted,
             shadows: Vec::new(),
         };
         let Some(d) = entry.deployment.as_ref() else {
@@ -366,7 +390,12 @@ impl ModelRepository {
             Some(VersionState::Ready(m)) => Some(m.clone()),
             _ => None,
         };
-        let primary = match pick(d, name, key.as_deref(), seq) {
+        let picked = pick(d, name, key.as_deref(), seq);
+        let arm = match picked {
+            Pick::Version(v) if d.canary.is_some_and(|(c, _)| c == v) => Arm::Canary,
+            _ => Arm::Stable,
+        };
+        let primary = match picked {
             Pick::Version(v) => ready(v).ok_or_else(|| {
                 InferError::Unavailable(format!(
                     "Request for unknown model: '{name}' version {v} (from deployment.toml) is not at ready state"
@@ -396,6 +425,7 @@ impl ModelRepository {
             .collect();
         Ok(Resolved {
             version: primary,
+            arm,
             shadows,
         })
     }

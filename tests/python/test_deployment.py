@@ -318,3 +318,41 @@ def test_blue_green_switch_and_rollback_under_load(make_repo, switchyard):
             t.join(timeout=10)
     assert not errors, errors[:5]
     assert len(recent) > 200
+
+
+def test_per_arm_metrics(make_repo, switchyard):
+    repo = fraud_repo(make_repo, CANARY_20 + "[[shadow]]\nversion = 2\n")
+    srv = switchyard(repo)
+    versions = stream_versions(srv, 500)
+    canary, stable = versions.count("2"), versions.count("1")
+    stream_versions(srv, 20, version="1")  # explicit: not an arm
+    text = ""
+    deadline = time.monotonic() + 20
+
+    def dropped() -> float:
+        for line in text.splitlines():
+            if line.startswith("switchyard_shadow_requests_total{") and 'outcome="dropped"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def series(name: str, arm: str, version: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + "{") and f'arm="{arm}"' in line and f'version="{version}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    while time.monotonic() < deadline:
+        text = requests.get(srv.metrics_url, timeout=TIMEOUT).text
+        if series("switchyard_arm_requests_total", "shadow", "2") + dropped() >= stable:
+            break
+        time.sleep(0.2)
+    assert series("switchyard_arm_requests_total", "stable", "1") == stable
+    assert series("switchyard_arm_requests_total", "canary", "2") == canary
+    # Shadow copies of the stable arm's requests (the canary is not shadowed by itself); the
+    # ones over max_in_flight are dropped, not run.
+    assert series("switchyard_arm_requests_total", "shadow", "2") + dropped() == stable
+    assert series("switchyard_arm_requests_total", "shadow", "2") > 0
+    assert series("switchyard_arm_request_duration_seconds_count", "canary", "2") == canary
+    assert series("switchyard_arm_failures_total", "stable", "1") == 0
+    assert 'switchyard_canary_weight_percent{model="fraud_mlp",version="2"} 20' in text
+    assert 'switchyard_stable_version{model="fraud_mlp"} 1' in text
