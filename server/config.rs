@@ -112,6 +112,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub log_verbose: u32,
 
+    /// Directory where canary decisions (rollbacks) are kept across restarts, one file per
+    /// model; a decision holds until the model's deployment.toml changes.
+    #[arg(long)]
+    pub deployment_state_dir: Option<PathBuf>,
     /// Directory of the shadow divergence log (`divergence.jsonl`, rotated by size). No log
     /// without it; shadow counters are kept either way.
     #[arg(long)]
@@ -144,6 +148,8 @@ pub struct Args {
 /// The part of [`Args`] that model loading needs.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// `--deployment-state-dir`.
+    pub deployment_state_dir: Option<PathBuf>,
     pub auto_complete: bool,
     pub intra_op_threads: usize,
     pub max_pending_requests: usize,
@@ -154,6 +160,7 @@ impl Args {
     /// Options for the model repository.
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
+            deployment_state_dir: self.deployment_state_dir.clone(),
             auto_complete: !self.disable_auto_complete_config,
             intra_op_threads: self.ort_intra_op_threads,
             max_pending_requests: self.max_pending_requests,

@@ -207,7 +207,14 @@ pub struct DeploymentState {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CanaryState {
     pub version: i64,
+    /// The weight in effect (0 once rolled back).
     pub weight_percent: f64,
+    /// The weight `deployment.toml` gives.
+    pub configured_weight_percent: f64,
+    /// "serving" or "rolled_back".
+    pub state: String,
+    /// The breached gate, with the values measured, when rolled back.
+    pub rollback: Option<crate::deploy::gates::Verdict>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -451,9 +458,23 @@ impl Core {
             model: name.to_string(),
             has_deployment_file: d.is_some(),
             stable: d.and_then(|d| d.stable).or(highest_ready),
-            canary: d.and_then(|d| d.canary).map(|(version, bp)| CanaryState {
-                version,
-                weight_percent: f64::from(bp) / 100.0,
+            canary: d.and_then(|d| d.canary).map(|(version, bp)| {
+                let verdict = entry.canary_monitor.as_ref().and_then(|m| m.verdict());
+                CanaryState {
+                    version,
+                    weight_percent: if verdict.is_some() {
+                        0.0
+                    } else {
+                        f64::from(bp) / 100.0
+                    },
+                    configured_weight_percent: f64::from(bp) / 100.0,
+                    state: if verdict.is_some() {
+                        "rolled_back".into()
+                    } else {
+                        "serving".into()
+                    },
+                    rollback: verdict,
+                }
             }),
             killed: d
                 .map(|d| d.killed.iter().copied().collect())
@@ -499,6 +520,7 @@ impl Core {
         let Resolved {
             version,
             arm,
+            monitor,
             shadows,
         } = self
             .repository
@@ -554,6 +576,23 @@ impl Core {
                 result.is_ok(),
                 latency,
             );
+            if let Some(m) = &monitor {
+                if let Some(v) = m.record(arm == Arm::Canary, latency, result.is_ok(), now_ms()) {
+                    tracing::warn!(
+                        model = %version.spec.name, canary = m.canary, gate = %v.gate,
+                        canary_value = v.canary_value, stable_value = ?v.stable_value,
+                        limit = v.limit, canary_requests = v.canary_requests,
+                        "canary gate breached: rolled back"
+                    );
+                    metrics::counter!(
+                        "switchyard_canary_rollbacks_total",
+                        "model" => version.spec.name.clone(),
+                        "version" => m.canary.to_string(),
+                        "gate" => v.gate.clone()
+                    )
+                    .increment(1);
+                }
+            }
         }
         if let Ok(response) = &result {
             for tx in primary_waiters {

@@ -195,6 +195,14 @@ fn describe() {
         "Percent of unversioned requests routed to the canary (0 when killed)"
     );
     describe_gauge!(
+        "switchyard_canary_rolled_back",
+        "1 once a canary gate rolled the canary back"
+    );
+    describe_counter!(
+        "switchyard_canary_rollbacks_total",
+        "Canary rollbacks, by the gate that was breached"
+    );
+    describe_gauge!(
         "switchyard_stable_version",
         "The version answering unversioned requests"
     );
@@ -238,16 +246,22 @@ struct Scrape {
 }
 
 /// Routing gauges of a model with a `deployment.toml`.
-fn publish_deployment(model: &str, d: &crate::deploy::Deployment) {
+fn publish_deployment(model: &str, d: &crate::deploy::Deployment, rolled_back: bool) {
     if let Some(stable) = d.stable {
         gauge!("switchyard_stable_version", "model" => model.to_string()).set(stable as f64);
     }
     if let Some((canary, bp)) = d.canary {
-        let weight = if d.killed.contains(&canary) {
+        let weight = if d.killed.contains(&canary) || rolled_back {
             0.0
         } else {
             f64::from(bp) / 100.0
         };
+        gauge!(
+            "switchyard_canary_rolled_back",
+            "model" => model.to_string(),
+            "version" => canary.to_string()
+        )
+        .set(if rolled_back { 1.0 } else { 0.0 });
         gauge!(
             "switchyard_canary_weight_percent",
             "model" => model.to_string(),
@@ -265,7 +279,8 @@ async fn metrics_handler(
     }
     for e in s.core.repository.entries() {
         if let Some(d) = &e.deployment {
-            publish_deployment(&e.name, d);
+            let rolled_back = e.canary_monitor.as_ref().is_some_and(|m| m.rolled_back());
+            publish_deployment(&e.name, d, rolled_back);
         }
     }
     ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], s.handle.render())

@@ -75,6 +75,22 @@ pub struct CanaryFile {
     pub weight: Option<f64>,
     /// Step weights (not implemented yet: refused with a clear error).
     pub steps: Option<Vec<f64>>,
+    /// What a breached gate does: "rollback" (the only one implemented; "pause" needs steps).
+    pub on_gate_failure: Option<String>,
+    pub gates: Option<GatesFile>,
+}
+
+/// `[canary.gates]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatesFile {
+    /// Sliding window, seconds (default 60).
+    pub window_seconds: Option<f64>,
+    /// Canary requests in the window before gates are judged (default 100).
+    pub min_requests: Option<usize>,
+    pub max_error_rate: Option<f64>,
+    pub max_p99_ms: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
 }
 
 /// `[sticky]`: exactly one of the two.
@@ -104,6 +120,8 @@ pub struct Deployment {
     pub killed: BTreeSet<i64>,
     pub sticky: Option<StickyKey>,
     pub shadows: Vec<ShadowSpec>,
+    /// The canary's gates, if any (a breach rolls the canary back).
+    pub gates: Option<super::gates::GateSpec>,
 }
 
 /// A validated `[[shadow]]`.
@@ -241,6 +259,7 @@ fn validate(
             ));
         }
     }
+    let mut gates = None;
     let canary = match file.canary {
         None => None,
         Some(c) if file.stable.is_none() => {
@@ -271,6 +290,20 @@ fn validate(
                     "canary.weight = {w}: must be a percent between 0 and 100"
                 ));
             }
+            match c.on_gate_failure.as_deref() {
+                None | Some("rollback") => {}
+                Some("pause") => {
+                    return err("canary.on_gate_failure = \"pause\": pausing needs stepped rollouts, which are not implemented yet; use \"rollback\"".into())
+                }
+                Some(other) => {
+                    return err(format!(
+                        "canary.on_gate_failure = \"{other}\": expected \"rollback\" or \"pause\""
+                    ))
+                }
+            }
+            if let Some(g) = &c.gates {
+                gates = Some(gate_spec(g)?);
+            }
             Some((c.version, (w * 100.0).round() as u32))
         }
     };
@@ -297,6 +330,41 @@ fn validate(
         killed,
         sticky,
         shadows,
+        gates,
+    })
+}
+
+fn gate_spec(g: &GatesFile) -> Result<super::gates::GateSpec, String> {
+    let bad =
+        |k: &str, v: f64, want: &str| Err(format!("{FILE_NAME}: canary.gates.{k} = {v}: {want}"));
+    let window = g.window_seconds.unwrap_or(60.0);
+    if !(window > 0.0 && window <= 86_400.0) {
+        return bad("window_seconds", window, "must be between 0 and 86400");
+    }
+    let min_requests = g.min_requests.unwrap_or(100);
+    if min_requests == 0 {
+        return bad("min_requests", 0.0, "must be at least 1");
+    }
+    if let Some(v) = g.max_error_rate.filter(|v| !(0.0..=1.0).contains(v)) {
+        return bad("max_error_rate", v, "must be a fraction from 0 to 1");
+    }
+    if let Some(v) = g.max_p99_ms.filter(|v| !(*v > 0.0 && v.is_finite())) {
+        return bad("max_p99_ms", v, "must be a positive number of milliseconds");
+    }
+    if let Some(v) = g.max_p99_ratio.filter(|v| !(*v > 0.0 && v.is_finite())) {
+        return bad("max_p99_ratio", v, "must be a positive ratio");
+    }
+    if g.max_error_rate.is_none() && g.max_p99_ms.is_none() && g.max_p99_ratio.is_none() {
+        return Err(format!(
+            "{FILE_NAME}: [canary.gates] names no gate (max_error_rate, max_p99_ms, max_p99_ratio)"
+        ));
+    }
+    Ok(super::gates::GateSpec {
+        window: std::time::Duration::from_secs_f64(window),
+        min_requests,
+        max_error_rate: g.max_error_rate,
+        max_p99_ms: g.max_p99_ms,
+        max_p99_ratio: g.max_p99_ratio,
     })
 }
 
@@ -383,6 +451,9 @@ mod tests {
                 "canary.steps",
             ),
             ("killed = [0]", "killed"),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmax_error_rate = 2.0", "canary.gates.max_error_rate = 2"),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nwindow_seconds = 5.0", "names no gate"),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\non_gate_failure = \"pause\"", "on_gate_failure = \"pause\""),
         ];
         for (text, want) in cases {
             let e = parse(text, &[1, 2], &["p".into()]).unwrap_err();

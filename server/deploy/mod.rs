@@ -4,6 +4,7 @@
 //! routing and shadowing (but not the kill switch).
 
 pub mod config;
+pub mod gates;
 pub mod router;
 pub mod shadow;
 

@@ -430,8 +430,12 @@ impl ModelRepository {
             .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
             .map(|(v, _)| *v)
             .collect();
-        let (deployment, shadow_arms) = if new.deployment == old_source.deployment {
-            (old.deployment.clone(), old.shadow_arms.clone())
+        let (deployment, shadow_arms, canary_monitor) = if new.deployment == old_source.deployment {
+            (
+                old.deployment.clone(),
+                old.shadow_arms.clone(),
+                old.canary_monitor.clone(),
+            )
         } else {
             let outputs: Vec<String> = old
                 .config
@@ -439,7 +443,11 @@ impl ModelRepository {
                 .flat_map(|c| c.output.iter().map(|o| o.name.clone()))
                 .collect();
             match load::read_deployment(dir, &loaded, &outputs) {
-                Ok(d) => (d.clone().map(Arc::new), load::arms_of(d.as_ref())),
+                Ok(d) => (
+                    d.clone().map(Arc::new),
+                    load::arms_of(d.as_ref()),
+                    load::monitor_of(name, dir, d.as_ref(), &self.options),
+                ),
                 Err(e) => {
                     let reason = format!("failed to load '{name}': {e}");
                     let kept = ModelEntry {
@@ -452,6 +460,7 @@ impl ModelRepository {
                         source: old.source.clone(),
                         deployment: old.deployment.clone(),
                         shadow_arms: old.shadow_arms.clone(),
+                        canary_monitor: old.canary_monitor.clone(),
                         route_seq: Default::default(),
                     };
                     self.models.write().insert(name.to_string(), Arc::new(kept));
@@ -487,6 +496,7 @@ impl ModelRepository {
             source: Some(new),
             deployment,
             shadow_arms,
+            canary_monitor,
             route_seq: Default::default(),
         };
         self.models
@@ -584,18 +594,7 @@ impl ModelRepository {
             .flat_map(|e| e.versions.keys())
             .map(|v| (*v, VersionState::Unavailable(UNLOADED.into())))
             .collect();
-        let entry = ModelEntry {
-            name: name.to_string(),
-            config: old.as_ref().and_then(|e| e.config.clone()),
-            versions,
-            error: None,
-            reload_error: None,
-            override_dir: None,
-            source: None,
-            deployment: None,
-            shadow_arms: Vec::new(),
-            route_seq: Default::default(),
-        };
+        let entry = ModelEntry::plain(name, old.as_ref().and_then(|e| e.config.clone()), versions);
         self.models
             .write()
             .insert(name.to_string(), Arc::new(entry));
@@ -630,6 +629,7 @@ impl ModelRepository {
                     source: old.source.clone(),
                     deployment: old.deployment.clone(),
                     shadow_arms: old.shadow_arms.clone(),
+                    canary_monitor: old.canary_monitor.clone(),
                     route_seq: Default::default(),
                 };
                 self.models.write().insert(name.to_string(), Arc::new(kept));

@@ -11,6 +11,7 @@ use super::schedule::scheduler_config;
 use super::warmup;
 use super::{Instances, ModelEntry, ModelVersion, VersionState};
 use crate::config::LoadOptions;
+use crate::deploy::gates::CanaryMonitor;
 use crate::deploy::shadow::ShadowArm;
 use crate::deploy::{self, Deployment};
 use crate::executor::instance::{spawn_instance, Fault};
@@ -292,6 +293,7 @@ fn load_versions(
         Ok(d) => d.map(Arc::new),
         Err(e) => return ModelEntry::failed(name, Some(config), format!("model '{name}': {e}")),
     };
+    let canary_monitor = monitor_of(name, model_dir, deployment.as_deref(), options);
     ModelEntry {
         name: name.to_string(),
         config: Some(config),
@@ -301,9 +303,34 @@ fn load_versions(
         override_dir: None,
         source: None,
         shadow_arms: arms_of(deployment.as_deref()),
+        canary_monitor,
         deployment,
         route_seq: Default::default(),
     }
+}
+
+/// The canary gate monitor of `deployment`, restoring a rollback persisted under the same
+/// `deployment.toml` text in `--deployment-state-dir`.
+pub fn monitor_of(
+    name: &str,
+    model_dir: &Path,
+    deployment: Option<&Deployment>,
+    options: &LoadOptions,
+) -> Option<Arc<CanaryMonitor>> {
+    let d = deployment?;
+    let gates = d.gates.clone()?;
+    let (canary, _) = d.canary?;
+    let text =
+        std::fs::read_to_string(model_dir.join(deploy::config::FILE_NAME)).unwrap_or_default();
+    let state = options
+        .deployment_state_dir
+        .as_deref()
+        .map(|dir| (dir, name, text.as_str()));
+    let m = CanaryMonitor::new(gates, canary, state);
+    if let Some(v) = m.verdict() {
+        tracing::warn!(model = name, canary, gate = %v.gate, "canary stays rolled back (decision kept in --deployment-state-dir)");
+    }
+    Some(Arc::new(m))
 }
 
 /// Fresh runtime state for the shadows of `deployment`.

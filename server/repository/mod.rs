@@ -34,6 +34,7 @@ pub use autocomplete::DEFAULT_MAX_BATCH_SIZE;
 pub use control::{ControlMode, LoadRequest};
 pub use paths::validate_model_name;
 
+use crate::deploy::gates::CanaryMonitor;
 use crate::deploy::router::{pick, Pick};
 use crate::deploy::shadow::ShadowArm;
 use crate::deploy::{Deployment, StickyKey};
@@ -65,6 +66,8 @@ impl Arm {
 pub struct Resolved {
     pub version: Arc<ModelVersion>,
     pub arm: Arm,
+    /// The canary gates to feed with this request's outcome (routed requests only).
+    pub monitor: Option<Arc<CanaryMonitor>>,
     /// (arm, its READY version), only for routed (unversioned) requests.
     pub shadows: Vec<(Arc<ShadowArm>, Arc<ModelVersion>)>,
 }
@@ -155,24 +158,39 @@ pub struct ModelEntry {
     pub deployment: Option<Arc<Deployment>>,
     /// Runtime state of each `[[shadow]]` of `deployment`.
     pub shadow_arms: Vec<Arc<ShadowArm>>,
+    /// The canary's gates and rollback state, when `deployment` has gates.
+    pub canary_monitor: Option<Arc<CanaryMonitor>>,
     /// Unversioned requests routed so far (the split of requests without a sticky key).
     pub route_seq: std::sync::atomic::AtomicU64,
 }
 
 impl ModelEntry {
-    /// An entry with no versions that failed for `error`.
-    pub fn failed(name: &str, config: Option<Arc<ModelConfig>>, error: String) -> Self {
+    /// An entry with these versions and nothing else (no routing, no source, no error).
+    pub fn plain(
+        name: &str,
+        config: Option<Arc<ModelConfig>>,
+        versions: BTreeMap<i64, VersionState>,
+    ) -> Self {
         ModelEntry {
             name: name.to_string(),
             config,
-            versions: BTreeMap::new(),
-            error: Some(error),
+            versions,
+            error: None,
             reload_error: None,
             override_dir: None,
             source: None,
             deployment: None,
             shadow_arms: Vec::new(),
+            canary_monitor: None,
             route_seq: Default::default(),
+        }
+    }
+
+    /// An entry with no versions that failed for `error`.
+    pub fn failed(name: &str, config: Option<Arc<ModelConfig>>, error: String) -> Self {
+        ModelEntry {
+            error: Some(error),
+            ..Self::plain(name, config, BTreeMap::new())
         }
     }
 
@@ -367,6 +385,7 @@ impl ModelRepository {
         let direct = |version| Resolved {
             version,
             arm: Arm::Unrouted,
+            monitor: None,
             shadows: Vec::new(),
         };
         let Some(d) = entry.deployment.as_ref() else {
@@ -390,7 +409,11 @@ impl ModelRepository {
             Some(VersionState::Ready(m)) => Some(m.clone()),
             _ => None,
         };
-        let picked = pick(d, name, key.as_deref(), seq);
+        let canary_off = entry
+            .canary_monitor
+            .as_ref()
+            .is_some_and(|m| m.rolled_back());
+        let picked = pick(d, name, key.as_deref(), seq, canary_off);
         let arm = match picked {
             Pick::Version(v) if d.canary.is_some_and(|(c, _)| c == v) => Arm::Canary,
             _ => Arm::Stable,
@@ -426,6 +449,7 @@ impl ModelRepository {
         Ok(Resolved {
             version: primary,
             arm,
+            monitor: entry.canary_monitor.clone(),
             shadows,
         })
     }

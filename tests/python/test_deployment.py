@@ -257,7 +257,9 @@ def test_deployment_state_endpoint(make_repo, switchyard):
     r = requests.get(url, headers={"admin": "k"}, timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     s = r.json()
-    assert s["stable"] == 1 and s["canary"] == {"version": 2, "weight_percent": 12.5}
+    assert s["stable"] == 1
+    assert s["canary"] == {"version": 2, "weight_percent": 12.5, "configured_weight_percent": 12.5,
+                           "state": "serving", "rollback": None}
     assert s["killed"] == [3] and s["sticky"] == "header:x-user"
     assert s["shadows"][0]["version"] == 2 and s["shadows"][0]["sample_percent"] == 50.0
     assert [v["state"] for v in s["versions"]] == ["READY", "READY"]
