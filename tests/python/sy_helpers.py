@@ -298,3 +298,32 @@ def simple_config(name: str, extra: str = "") -> str:
     text = (MODEL_REPOSITORY / "simple" / "config.pbtxt").read_text()
     text = re.sub(r'^name:\s*"[^"]*"', f'name: "{name}"', text, count=1, flags=re.M)
     return text + "\n" + extra + "\n"
+
+
+def write_slow_model(model_dir: Path, width: int = 256, depth: int = 40) -> Path:
+    """A compute-bound ONNX model in `model_dir/1/model.onnx`: `depth` x (MatMul width x width
+    + Tanh) per row, summed to one number per row (a tiny output, so a big request costs
+    compute, not transfer). Input "x" FP32 [N, width], output "y" FP32 [N, 1]. The caller
+    writes config.pbtxt."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    (model_dir / "1").mkdir(parents=True)
+    w = (np.random.default_rng(0).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes, prev = [], "x"
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [prev, "W"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
+        prev = f"t{i}"
+    nodes.append(helper.make_node("ReduceSum", [prev, "axes"], ["y"], keepdims=1))
+    graph = helper.make_graph(
+        nodes, model_dir.name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = model_dir / "1" / "model.onnx"
+    onnx.save(model, path)
+    return path

@@ -229,29 +229,11 @@ def make_slow_model(repo: Path) -> Path:
     """A single-input model whose cost is compute: 120 x (MatMul 512x512 + Tanh) per row, summed
     to one number per row (test_queue_policies.slow_repo's construction, wider and deeper, so a
     second of work is a few MB of input)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     d = repo / "slow"
-    (d / "1").mkdir(parents=True)
-    w = (np.random.default_rng(0).standard_normal((512, 512)) / 23).astype(np.float32)
-    nodes, prev = [], "x"
-    for i in range(120):
-        nodes.append(helper.make_node("MatMul", [prev, "W"], [f"m{i}"]))
-        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
-        prev = f"t{i}"
-    nodes.append(helper.make_node("ReduceSum", [prev, "axes"], ["y"], keepdims=1))
-    graph = helper.make_graph(
-        nodes, "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 512])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, d / "1" / "model.onnx")
+    path = h.write_slow_model(d, width=512, depth=120)
     (d / "config.pbtxt").write_text(SLOW_CONFIG)
-    return d / "1" / "model.onnx"
+    return path
+
 
 
 def slow_request(rows: int) -> tuple[bytes, dict]:

@@ -1382,27 +1382,8 @@ instance_group [ { count: 2 kind: KIND_CPU } ]
 
 def make_slow_model(repo: Path) -> None:
     """Compute-bound: 40 x (MatMul 256x256 + Tanh) per row, reduced to one number per row."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     d = repo / "slow"
-    (d / "1").mkdir(parents=True)
-    w = (np.random.default_rng(0).standard_normal((256, 256)) / 16).astype(np.float32)
-    nodes, prev = [], "x"
-    for i in range(40):
-        nodes.append(helper.make_node("MatMul", [prev, "W"], [f"m{i}"]))
-        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
-        prev = f"t{i}"
-    nodes.append(helper.make_node("ReduceSum", [prev, "axes"], ["y"], keepdims=1))
-    graph = helper.make_graph(
-        nodes, "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, d / "1" / "model.onnx")
+    h.write_slow_model(d, width=256, depth=40)
     (d / "config.pbtxt").write_text(SLOW_CONFIG)
 
 

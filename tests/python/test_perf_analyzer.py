@@ -27,13 +27,21 @@ def stats(stub, model, version=""):
     return {s.version: s for s in resp.model_stats}
 
 
+UNSTABLE = "Failed to obtain stable measurement"
+
+
 def run_perf(server, *args: str) -> str:
+    """Runs perf_analyzer; these tests check the protocol, not speed, so a run that only failed
+    perf_analyzer's own stability criterion (a busy 2-core machine) is tried once more."""
     cmd = [str(PERF), "-u", server.url, *COMMON, *args]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=h.ROOT)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"perf_analyzer timed out: {' '.join(cmd)}\n{e.stdout}\n{e.stderr}")
-    out = proc.stdout + proc.stderr
+    for attempt in range(2):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=h.ROOT)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"perf_analyzer timed out: {' '.join(cmd)}\n{e.stdout}\n{e.stderr}")
+        out = proc.stdout + proc.stderr
+        if proc.returncode == 0 or UNSTABLE not in out:
+            break
     assert proc.returncode == 0, f"perf_analyzer exit code {proc.returncode}: {' '.join(cmd)}\n{out}"
     return out
 

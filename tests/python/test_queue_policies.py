@@ -196,30 +196,9 @@ def slow_repo(make_repo, extra):
     """A model whose cost is compute, not bytes: 40 x (MatMul 256x256 + Tanh) per row, summed to
     one number per row, so a few thousand rows keep one instance busy for most of a second while a 1-row request
     runs on the other instance."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     repo = make_repo(())
     d = repo / "slow"
-    (d / "1").mkdir(parents=True)
-    w = (np.random.default_rng(0).standard_normal((256, 256)) / 16).astype(np.float32)
-    nodes, prev = [], "x"
-    for i in range(40):
-        nodes.append(helper.make_node("MatMul", [prev, "W"], [f"m{i}"]))
-        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
-        prev = f"t{i}"
-    # A tiny output, so the big response costs no transfer time of its own.
-    nodes.append(helper.make_node("ReduceSum", [prev, "axes"], ["y"], keepdims=1))
-    graph = helper.make_graph(
-        nodes,
-        "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, d / "1" / "model.onnx")
+    h.write_slow_model(d, width=256, depth=40)
     (d / "config.pbtxt").write_text(SLOW_CONFIG + extra + "\n")
     return repo
 
