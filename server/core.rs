@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::deploy::gates::{CanaryMonitor, Status, Verdict};
 use crate::deploy::shadow::{
     compare, ms, now_ms, DivergenceLog, DivergenceRecord, ShadowArm, Skip, Slot,
 };
@@ -76,6 +77,35 @@ fn arm_metrics(
     }
     metrics::histogram!("switchyard_arm_request_duration_seconds", &labels)
         .record(latency.as_secs_f64());
+}
+
+/// Logs and counts a rollout decision (a gate breach, a step up, a promotion).
+fn rollout_moved(model: &str, m: &CanaryMonitor, status: Status, verdict: Option<&Verdict>) {
+    match verdict {
+        Some(v) => {
+            tracing::warn!(
+                model, canary = m.canary, gate = %v.gate, ?status,
+                canary_value = v.canary_value, stable_value = ?v.stable_value,
+                limit = v.limit, canary_requests = v.canary_requests,
+                "canary gate breached"
+            );
+            let counter = if status == Status::Paused {
+                "switchyard_canary_pauses_total"
+            } else {
+                "switchyard_canary_rollbacks_total"
+            };
+            metrics::counter!(
+                counter,
+                "model" => model.to_string(),
+                "version" => m.canary.to_string(),
+                "gate" => v.gate.clone()
+            )
+            .increment(1);
+        }
+        None => {
+            tracing::info!(model, canary = m.canary, ?status, step = ?m.step(), "canary rollout moved on")
+        }
+    }
 }
 
 /// Counts one shadow outcome (`switchyard_shadow_requests_total`).
@@ -209,12 +239,15 @@ pub struct CanaryState {
     pub version: i64,
     /// The weight in effect (0 once rolled back).
     pub weight_percent: f64,
-    /// The weight `deployment.toml` gives.
+    /// The weight `deployment.toml` gives (its first step when stepping).
     pub configured_weight_percent: f64,
-    /// "serving" or "rolled_back".
-    pub state: String,
-    /// The breached gate, with the values measured, when rolled back.
-    pub rollback: Option<crate::deploy::gates::Verdict>,
+    /// serving, paused, rolled_back or promoted.
+    pub state: Status,
+    /// The current step (0-based) when the canary steps.
+    pub step: Option<usize>,
+    pub steps_percent: Vec<f64>,
+    /// The breached gate, with the values measured, when rolled back or paused.
+    pub rollback: Option<Verdict>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -459,21 +492,24 @@ impl Core {
             has_deployment_file: d.is_some(),
             stable: d.and_then(|d| d.stable).or(highest_ready),
             canary: d.and_then(|d| d.canary).map(|(version, bp)| {
-                let verdict = entry.canary_monitor.as_ref().and_then(|m| m.verdict());
+                let m = entry.canary_monitor.as_deref();
+                let live = m.map(|m| m.live());
+                let status = m.map_or(Status::Serving, |m| m.status());
                 CanaryState {
                     version,
-                    weight_percent: if verdict.is_some() {
-                        0.0
-                    } else {
-                        f64::from(bp) / 100.0
+                    weight_percent: match live {
+                        Some(l) if l.promoted => 100.0,
+                        Some(l) => f64::from(l.weight_bp.unwrap_or(bp)) / 100.0,
+                        None => f64::from(bp) / 100.0,
                     },
                     configured_weight_percent: f64::from(bp) / 100.0,
-                    state: if verdict.is_some() {
-                        "rolled_back".into()
-                    } else {
-                        "serving".into()
-                    },
-                    rollback: verdict,
+                    state: status,
+                    step: m.and_then(|m| m.step()),
+                    steps_percent: d
+                        .and_then(|d| d.steps.as_ref())
+                        .map(|s| s.weights.iter().map(|w| f64::from(*w) / 100.0).collect())
+                        .unwrap_or_default(),
+                    rollback: m.and_then(|m| m.verdict()),
                 }
             }),
             killed: d
@@ -577,20 +613,10 @@ impl Core {
                 latency,
             );
             if let Some(m) = &monitor {
-                if let Some(v) = m.record(arm == Arm::Canary, latency, result.is_ok(), now_ms()) {
-                    tracing::warn!(
-                        model = %version.spec.name, canary = m.canary, gate = %v.gate,
-                        canary_value = v.canary_value, stable_value = ?v.stable_value,
-                        limit = v.limit, canary_requests = v.canary_requests,
-                        "canary gate breached: rolled back"
-                    );
-                    metrics::counter!(
-                        "switchyard_canary_rollbacks_total",
-                        "model" => version.spec.name.clone(),
-                        "version" => m.canary.to_string(),
-                        "gate" => v.gate.clone()
-                    )
-                    .increment(1);
+                if let Some((status, verdict)) =
+                    m.record(arm == Arm::Canary, latency, result.is_ok(), now_ms())
+                {
+                    rollout_moved(&version.spec.name, m, status, verdict.as_ref());
                 }
             }
         }

@@ -198,6 +198,18 @@ fn describe() {
         "switchyard_canary_rolled_back",
         "1 once a canary gate rolled the canary back"
     );
+    describe_gauge!(
+        "switchyard_canary_state",
+        "Canary rollout state: 0 serving, 1 paused, 2 rolled back, 3 promoted"
+    );
+    describe_gauge!(
+        "switchyard_canary_step",
+        "Current step (0-based) of a stepped canary rollout"
+    );
+    describe_counter!(
+        "switchyard_canary_pauses_total",
+        "Canary rollouts paused, by the gate that was breached"
+    );
     describe_counter!(
         "switchyard_canary_rollbacks_total",
         "Canary rollbacks, by the gate that was breached"
@@ -246,16 +258,46 @@ struct Scrape {
 }
 
 /// Routing gauges of a model with a `deployment.toml`.
-fn publish_deployment(model: &str, d: &crate::deploy::Deployment, rolled_back: bool) {
+fn publish_deployment(
+    model: &str,
+    d: &crate::deploy::Deployment,
+    monitor: Option<&crate::deploy::gates::CanaryMonitor>,
+) {
+    use crate::deploy::gates::Status;
+    let status = monitor.map_or(Status::Serving, |m| m.status());
+    let rolled_back = status == Status::RolledBack;
     if let Some(stable) = d.stable {
         gauge!("switchyard_stable_version", "model" => model.to_string()).set(stable as f64);
     }
     if let Some((canary, bp)) = d.canary {
+        let live = monitor.map(|m| m.live());
         let weight = if d.killed.contains(&canary) || rolled_back {
             0.0
+        } else if live.is_some_and(|l| l.promoted) {
+            100.0
         } else {
-            f64::from(bp) / 100.0
+            f64::from(live.and_then(|l| l.weight_bp).unwrap_or(bp)) / 100.0
         };
+        let code = match status {
+            Status::Serving => 0.0,
+            Status::Paused => 1.0,
+            Status::RolledBack => 2.0,
+            Status::Promoted => 3.0,
+        };
+        gauge!(
+            "switchyard_canary_state",
+            "model" => model.to_string(),
+            "version" => canary.to_string()
+        )
+        .set(code);
+        if let Some(step) = monitor.and_then(|m| m.step()) {
+            gauge!(
+                "switchyard_canary_step",
+                "model" => model.to_string(),
+                "version" => canary.to_string()
+            )
+            .set(step as f64);
+        }
         gauge!(
             "switchyard_canary_rolled_back",
             "model" => model.to_string(),
@@ -279,8 +321,7 @@ async fn metrics_handler(
     }
     for e in s.core.repository.entries() {
         if let Some(d) = &e.deployment {
-            let rolled_back = e.canary_monitor.as_ref().is_some_and(|m| m.rolled_back());
-            publish_deployment(&e.name, d, rolled_back);
+            publish_deployment(&e.name, d, e.canary_monitor.as_deref());
         }
     }
     ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], s.handle.render())

@@ -73,9 +73,13 @@ pub struct CanaryFile {
     pub version: i64,
     /// Percent of unversioned traffic, 0 to 100.
     pub weight: Option<f64>,
-    /// Step weights (not implemented yet: refused with a clear error).
+    /// Step weights in percent, increasing, ending at 100 (instead of `weight`).
     pub steps: Option<Vec<f64>>,
-    /// What a breached gate does: "rollback" (the only one implemented; "pause" needs steps).
+    /// Minimum duration of a step, seconds (default 600).
+    pub step_min_seconds: Option<f64>,
+    /// Canary requests in a step before it may end (default 1000).
+    pub step_min_requests: Option<usize>,
+    /// What a breached gate does: "rollback" (default) or "pause".
     pub on_gate_failure: Option<String>,
     pub gates: Option<GatesFile>,
 }
@@ -120,8 +124,11 @@ pub struct Deployment {
     pub killed: BTreeSet<i64>,
     pub sticky: Option<StickyKey>,
     pub shadows: Vec<ShadowSpec>,
-    /// The canary's gates, if any (a breach rolls the canary back).
+    /// The canary's gates, if any.
     pub gates: Option<super::gates::GateSpec>,
+    /// The canary's steps, if it steps.
+    pub steps: Option<super::gates::StepSpec>,
+    pub on_failure: super::gates::OnFailure,
 }
 
 /// A validated `[[shadow]]`.
@@ -260,6 +267,8 @@ fn validate(
         }
     }
     let mut gates = None;
+    let mut steps = None;
+    let mut on_failure = super::gates::OnFailure::Rollback;
     let canary = match file.canary {
         None => None,
         Some(c) if file.stable.is_none() => {
@@ -276,15 +285,44 @@ fn validate(
                     c.version
                 ));
             }
-            if c.steps.is_some() {
+            let w = match (&c.steps, c.weight) {
+                (Some(_), Some(w)) => {
+                    return err(format!(
+                        "canary.weight = {w}: give either canary.weight or canary.steps, not both"
+                    ))
+                }
+                (None, None) => {
+                    return err("[canary]: canary.weight or canary.steps is required".into())
+                }
+                (None, Some(w)) => w,
+                (Some(st), None) => {
+                    let increasing = st.windows(2).all(|p| p[0] < p[1]);
+                    let in_range = st.iter().all(|w| *w > 0.0 && *w <= 100.0);
+                    if st.is_empty() || !increasing || !in_range || st.last() != Some(&100.0) {
+                        return err(format!(
+                            "canary.steps = {st:?}: must be increasing percents above 0, ending at 100"
+                        ));
+                    }
+                    let secs = c.step_min_seconds.unwrap_or(600.0);
+                    if !(0.0..=30.0 * 86_400.0).contains(&secs) {
+                        return err(format!(
+                            "canary.step_min_seconds = {secs}: must be between 0 and 30 days"
+                        ));
+                    }
+                    steps = Some(super::gates::StepSpec {
+                        weights: st.iter().map(|w| (w * 100.0).round() as u32).collect(),
+                        min_duration: std::time::Duration::from_secs_f64(secs),
+                        min_requests: c.step_min_requests.unwrap_or(1000),
+                    });
+                    st[0]
+                }
+            };
+            if c.steps.is_none() && (c.step_min_seconds.is_some() || c.step_min_requests.is_some())
+            {
                 return err(
-                    "canary.steps: stepped rollouts are not implemented yet; use canary.weight"
-                        .into(),
+                    "canary.step_min_seconds and step_min_requests need canary.steps".into(),
                 );
             }
-            let Some(w) = c.weight else {
-                return err("[canary]: canary.weight is required".into());
-            };
             if !(0.0..=100.0).contains(&w) || w.is_nan() {
                 return err(format!(
                     "canary.weight = {w}: must be a percent between 0 and 100"
@@ -292,9 +330,7 @@ fn validate(
             }
             match c.on_gate_failure.as_deref() {
                 None | Some("rollback") => {}
-                Some("pause") => {
-                    return err("canary.on_gate_failure = \"pause\": pausing needs stepped rollouts, which are not implemented yet; use \"rollback\"".into())
-                }
+                Some("pause") => on_failure = super::gates::OnFailure::Pause,
                 Some(other) => {
                     return err(format!(
                         "canary.on_gate_failure = \"{other}\": expected \"rollback\" or \"pause\""
@@ -331,6 +367,8 @@ fn validate(
         sticky,
         shadows,
         gates,
+        steps,
+        on_failure,
     })
 }
 
@@ -409,7 +447,7 @@ mod tests {
             ),
             (
                 "stable = 1\n[canary]\nversion = 2",
-                "canary.weight is required",
+                "canary.weight or canary.steps is required",
             ),
             (
                 "stable = 1\n[canary]\nversion = 9\nweight = 1.0",
@@ -453,7 +491,7 @@ mod tests {
             ("killed = [0]", "killed"),
             ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmax_error_rate = 2.0", "canary.gates.max_error_rate = 2"),
             ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nwindow_seconds = 5.0", "names no gate"),
-            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\non_gate_failure = \"pause\"", "on_gate_failure = \"pause\""),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\non_gate_failure = \"hold\"", "on_gate_failure = \"hold\""),
         ];
         for (text, want) in cases {
             let e = parse(text, &[1, 2], &["p".into()]).unwrap_err();

@@ -1,11 +1,14 @@
-//! Canary gates: the candidate is compared with the stable version on the same traffic over a
-//! sliding window, and a breached gate moves the canary's weight to zero at once (rollback).
-//! The decision is kept in memory and, with `--deployment-state-dir`, on disk next to a hash
-//! of the `deployment.toml` it was made under, so it survives a restart until the file changes.
+//! Canary rollouts: the candidate is compared with the stable version on the same traffic over
+//! a sliding window. A breached gate moves the canary's weight to zero at once (rollback) or
+//! freezes the rollout at its step (pause). With steps, the weight goes up one step only when
+//! the step has lasted its minimum time and canary requests with every gate holding; after the
+//! last step the candidate is promoted to stable. Decisions are kept in memory and, with
+//! `--deployment-state-dir`, on disk next to a hash of the `deployment.toml` they were made
+//! under, so they survive a restart until the file changes.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -25,6 +28,47 @@ pub struct GateSpec {
     pub max_p99_ms: Option<f64>,
     /// Largest canary p99 / stable p99.
     pub max_p99_ratio: Option<f64>,
+}
+
+/// `canary.steps` with their conditions, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSpec {
+    /// Weights in basis points, increasing; the last is 10 000.
+    pub weights: Vec<u32>,
+    pub min_duration: Duration,
+    /// Canary requests in a step before it may end.
+    pub min_requests: usize,
+}
+
+/// What a breached gate does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    #[default]
+    Rollback,
+    Pause,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Taking its step's (or fixed) weight.
+    Serving,
+    /// A gate was breached with `on_gate_failure = "pause"`: held at its step.
+    Paused,
+    /// A gate was breached: no traffic.
+    RolledBack,
+    /// Every step passed: the candidate is the stable version.
+    Promoted,
+}
+
+/// The routing a rollout asks for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Live {
+    /// The canary's weight in basis points (`None`: the file's fixed weight).
+    pub weight_bp: Option<u32>,
+    /// The candidate answers every unversioned request.
+    pub promoted: bool,
 }
 
 /// Why a canary was rolled back: the gate, the measured values and the limit.
@@ -130,15 +174,30 @@ fn judge(spec: &GateSpec, stable: &Window, canary: &Window, now_ms: u128) -> Opt
     None
 }
 
-/// The gate state of one model's canary.
+/// A step's progress.
+#[derive(Debug)]
+struct Progress {
+    status: Status,
+    step: usize,
+    step_started: Instant,
+    step_requests: usize,
+}
+
+/// The rollout state of one model's canary.
 #[derive(Debug)]
 pub struct CanaryMonitor {
-    pub spec: GateSpec,
+    pub gates: Option<GateSpec>,
+    pub steps: Option<StepSpec>,
+    pub on_failure: OnFailure,
     pub canary: i64,
     windows: Mutex<(Window, Window, Instant)>,
-    rolled_back: AtomicBool,
+    progress: Mutex<Progress>,
+    /// Fast path for routing: the weight in effect (basis points) and whether promoted.
+    live_weight: AtomicU32,
+    live_promoted: AtomicBool,
+    uses_steps: bool,
     verdict: Mutex<Option<Verdict>>,
-    /// Where the decision is persisted, and the hash of the deployment it belongs to.
+    /// Where decisions are persisted, and the hash of the deployment they belong to.
     state_file: Option<(PathBuf, u64)>,
 }
 
@@ -147,92 +206,194 @@ pub struct CanaryMonitor {
 struct Persisted {
     deployment_hash: String,
     canary: i64,
-    state: String,
-    verdict: Verdict,
+    status: Status,
+    step: usize,
+    verdict: Option<Verdict>,
 }
 
 impl CanaryMonitor {
-    /// A monitor for `canary`; with `state_dir`, a rollback recorded there under the same
-    /// deployment text is restored.
-    pub fn new(spec: GateSpec, canary: i64, state: Option<(&Path, &str, &str)>) -> Self {
+    /// A monitor for `canary`; with `state`, a decision recorded in that directory under the
+    /// same deployment text is restored.
+    pub fn new(
+        gates: Option<GateSpec>,
+        steps: Option<StepSpec>,
+        on_failure: OnFailure,
+        canary: i64,
+        state: Option<(&Path, &str, &str)>,
+    ) -> Self {
         let state_file = state.map(|(dir, model, text)| {
             (
                 dir.join(format!("{model}.json")),
                 xxhash_rust::xxh3::xxh3_64(text.as_bytes()),
             )
         });
-        let restored = state_file.as_ref().and_then(|(path, hash)| {
+        let restored: Option<Persisted> = state_file.as_ref().and_then(|(path, hash)| {
             let p: Persisted = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-            (p.deployment_hash == format!("{hash:016x}")
-                && p.canary == canary
-                && p.state == "rolled_back")
-                .then_some(p.verdict)
+            (p.deployment_hash == format!("{hash:016x}") && p.canary == canary).then_some(p)
         });
-        CanaryMonitor {
-            spec,
+        let n_steps = steps.as_ref().map_or(1, |s| s.weights.len());
+        let (status, step, verdict) = match restored {
+            Some(p) => (p.status, p.step.min(n_steps - 1), p.verdict),
+            None => (Status::Serving, 0, None),
+        };
+        let m = CanaryMonitor {
+            gates,
+            uses_steps: steps.is_some(),
+            steps,
+            on_failure,
             canary,
             windows: Mutex::new((Window::default(), Window::default(), Instant::now())),
-            rolled_back: AtomicBool::new(restored.is_some()),
-            verdict: Mutex::new(restored),
+            progress: Mutex::new(Progress {
+                status,
+                step,
+                step_started: Instant::now(),
+                step_requests: 0,
+            }),
+            live_weight: AtomicU32::new(0),
+            live_promoted: AtomicBool::new(false),
+            verdict: Mutex::new(verdict),
             state_file,
+        };
+        m.publish(status, step);
+        m
+    }
+
+    /// Updates the routing fast path for `status` at `step`.
+    fn publish(&self, status: Status, step: usize) {
+        let step_weight = self
+            .steps
+            .as_ref()
+            .map_or(u32::MAX, |s| s.weights[step.min(s.weights.len() - 1)]);
+        let w = match status {
+            Status::RolledBack => 0,
+            _ => step_weight,
+        };
+        self.live_weight.store(w, Ordering::SeqCst);
+        self.live_promoted
+            .store(status == Status::Promoted, Ordering::SeqCst);
+    }
+
+    /// The routing in effect.
+    pub fn live(&self) -> Live {
+        let w = self.live_weight.load(Ordering::SeqCst);
+        Live {
+            weight_bp: (self.uses_steps || w == 0).then_some(w),
+            promoted: self.live_promoted.load(Ordering::SeqCst),
         }
     }
 
     /// The canary gets no traffic.
     pub fn rolled_back(&self) -> bool {
-        self.rolled_back.load(Ordering::SeqCst)
+        self.status() == Status::RolledBack
     }
 
-    /// Why it was rolled back.
+    /// Where the rollout is.
+    pub fn status(&self) -> Status {
+        self.progress.lock().status
+    }
+
+    /// The current step (0-based) when stepping.
+    pub fn step(&self) -> Option<usize> {
+        self.uses_steps.then(|| self.progress.lock().step)
+    }
+
+    /// Why it was rolled back or paused.
     pub fn verdict(&self) -> Option<Verdict> {
         self.verdict.lock().clone()
     }
 
-    /// Records one routed request; returns the verdict if this one made the canary roll back.
+    /// Records one routed request. Returns the status it moved the rollout to, with the
+    /// breached gate's verdict for a rollback or pause.
     pub fn record(
         &self,
         canary_arm: bool,
         latency: Duration,
         ok: bool,
         now_ms: u128,
-    ) -> Option<Verdict> {
-        if self.rolled_back() {
+    ) -> Option<(Status, Option<Verdict>)> {
+        let now = Instant::now();
+        let mut progress = self.progress.lock();
+        if matches!(progress.status, Status::RolledBack | Status::Promoted) {
             return None;
         }
-        let now = Instant::now();
-        let verdict = {
+        if canary_arm {
+            progress.step_requests += 1;
+        }
+        let judged;
+        let breach = {
             let mut w = self.windows.lock();
             let (stable, canary, last) = &mut *w;
+            let window = self
+                .gates
+                .as_ref()
+                .map_or(Duration::from_secs(60), |g| g.window);
             let target = if canary_arm {
                 &mut *canary
             } else {
                 &mut *stable
             };
-            target.push(now, latency.as_secs_f64(), ok, self.spec.window);
+            target.push(now, latency.as_secs_f64(), ok, window);
             let due = now.saturating_duration_since(*last) >= EVAL_EVERY || (canary_arm && !ok);
             if !due {
                 return None;
             }
             *last = now;
-            judge(&self.spec, stable, canary, now_ms)?
+            // A step ends only once its gates have been judged on enough canary requests.
+            judged = self
+                .gates
+                .as_ref()
+                .is_none_or(|g| canary.samples.len() >= g.min_requests);
+            self.gates
+                .as_ref()
+                .and_then(|g| judge(g, stable, canary, now_ms))
         };
-        if self.rolled_back.swap(true, Ordering::SeqCst) {
+        if let Some(v) = breach {
+            if progress.status == Status::Paused {
+                return None; // already held; a human decides
+            }
+            let status = match self.on_failure {
+                OnFailure::Rollback => Status::RolledBack,
+                OnFailure::Pause => Status::Paused,
+            };
+            progress.status = status;
+            *self.verdict.lock() = Some(v.clone());
+            self.publish(status, progress.step);
+            self.persist(status, progress.step, Some(&v));
+            return Some((status, Some(v)));
+        }
+        // Every gate holds: the step may end.
+        let steps = self.steps.as_ref()?;
+        if progress.status != Status::Serving
+            || !judged
+            || progress.step_requests < steps.min_requests
+            || now.saturating_duration_since(progress.step_started) < steps.min_duration
+        {
             return None;
         }
-        *self.verdict.lock() = Some(verdict.clone());
-        self.persist(&verdict);
-        Some(verdict)
+        let status = if progress.step + 1 >= steps.weights.len() {
+            Status::Promoted
+        } else {
+            progress.step += 1;
+            progress.step_started = now;
+            progress.step_requests = 0;
+            Status::Serving
+        };
+        progress.status = status;
+        self.publish(status, progress.step);
+        self.persist(status, progress.step, None);
+        Some((status, None))
     }
 
-    fn persist(&self, verdict: &Verdict) {
+    fn persist(&self, status: Status, step: usize, verdict: Option<&Verdict>) {
         let Some((path, hash)) = &self.state_file else {
             return;
         };
         let p = Persisted {
             deployment_hash: format!("{hash:016x}"),
             canary: self.canary,
-            state: "rolled_back".into(),
-            verdict: verdict.clone(),
+            status,
+            step,
+            verdict: verdict.cloned(),
         };
         let tmp = path.with_extension("json.tmp");
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -241,7 +402,7 @@ impl CanaryMonitor {
             .and_then(|b| std::fs::write(&tmp, b))
             .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
-            tracing::error!(error = %e, path = %path.display(), "cannot persist the rollback");
+            tracing::error!(error = %e, path = %path.display(), "cannot persist the canary decision");
         }
     }
 }
@@ -262,15 +423,80 @@ mod tests {
 
     #[test]
     fn error_rate_gate_needs_min_requests() {
-        let m = CanaryMonitor::new(spec(), 2, None);
+        let m = CanaryMonitor::new(Some(spec()), None, OnFailure::Rollback, 2, None);
         for _ in 0..19 {
             assert!(m.record(true, Duration::from_millis(1), false, 0).is_none());
         }
-        let v = m.record(true, Duration::from_millis(1), false, 0).unwrap();
+        let (status, v) = m.record(true, Duration::from_millis(1), false, 0).unwrap();
+        assert_eq!(status, Status::RolledBack);
+        let v = v.unwrap();
         assert_eq!(v.gate, "max_error_rate");
+        assert_eq!(m.live().weight_bp, Some(0));
         assert_eq!(v.canary_requests, 20);
         assert!(m.rolled_back());
         assert!(m.record(true, Duration::from_millis(1), false, 0).is_none());
+    }
+
+    #[test]
+    fn steps_advance_only_after_time_and_requests_then_promote() {
+        let steps = StepSpec {
+            weights: vec![100, 5_000, 10_000],
+            min_duration: Duration::ZERO,
+            min_requests: 5,
+        };
+        let m = CanaryMonitor::new(Some(spec()), Some(steps), OnFailure::Rollback, 2, None);
+        assert_eq!(
+            m.live(),
+            Live {
+                weight_bp: Some(100),
+                promoted: false
+            }
+        );
+        let mut moves = Vec::new();
+        for _ in 0..200 {
+            std::thread::sleep(Duration::from_millis(1));
+            if let Some((s, _)) = m.record(true, Duration::from_millis(1), true, 0) {
+                moves.push((s, m.step()));
+            }
+            if m.status() == Status::Promoted {
+                break;
+            }
+        }
+        assert_eq!(
+            moves,
+            vec![
+                (Status::Serving, Some(1)),
+                (Status::Serving, Some(2)),
+                (Status::Promoted, Some(2))
+            ]
+        );
+        assert!(m.live().promoted);
+    }
+
+    #[test]
+    fn pause_holds_the_step() {
+        let steps = StepSpec {
+            weights: vec![1_000, 10_000],
+            min_duration: Duration::ZERO,
+            min_requests: 1,
+        };
+        let m = CanaryMonitor::new(Some(spec()), Some(steps), OnFailure::Pause, 2, None);
+        for _ in 0..20 {
+            m.record(true, Duration::from_millis(1), false, 0);
+        }
+        assert_eq!(m.status(), Status::Paused);
+        assert_eq!(
+            m.live(),
+            Live {
+                weight_bp: Some(1_000),
+                promoted: false
+            }
+        );
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(1));
+            assert!(m.record(true, Duration::from_millis(1), true, 0).is_none());
+        }
+        assert_eq!(m.step(), Some(0));
     }
 
     #[test]
@@ -295,17 +521,26 @@ mod tests {
     #[test]
     fn decisions_persist_for_the_same_deployment_only() {
         let d = tempfile::tempdir().unwrap();
-        let m = CanaryMonitor::new(spec(), 2, Some((d.path(), "m", "text-a")));
+        let new = |canary, text| {
+            CanaryMonitor::new(
+                Some(spec()),
+                None,
+                OnFailure::Rollback,
+                canary,
+                Some((d.path(), "m", text)),
+            )
+        };
+        let m = new(2, "text-a");
         for _ in 0..20 {
             m.record(true, Duration::from_millis(1), false, 0);
         }
         assert!(m.rolled_back());
-        let again = CanaryMonitor::new(spec(), 2, Some((d.path(), "m", "text-a")));
+        let again = new(2, "text-a");
         assert!(again.rolled_back());
         assert_eq!(again.verdict().unwrap().gate, "max_error_rate");
-        let changed = CanaryMonitor::new(spec(), 2, Some((d.path(), "m", "text-b")));
+        let changed = new(2, "text-b");
         assert!(!changed.rolled_back());
-        let other_canary = CanaryMonitor::new(spec(), 3, Some((d.path(), "m", "text-a")));
+        let other_canary = new(3, "text-a");
         assert!(!other_canary.rolled_back());
     }
 }

@@ -5,6 +5,7 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::config::Deployment;
+use super::gates::Live;
 
 /// Basis points in 100 %.
 pub const BASIS_POINTS: u32 = 10_000;
@@ -33,10 +34,19 @@ pub fn seq_bucket(seq: u64) -> u32 {
     (xxh3_64(&seq.to_le_bytes()) % u64::from(BASIS_POINTS)) as u32
 }
 
-/// Routes one unversioned request. `canary_off`: the canary was rolled back by a gate.
-pub fn pick(d: &Deployment, model: &str, key: Option<&str>, seq: u64, canary_off: bool) -> Pick {
-    if let Some((canary, weight)) = d.canary {
-        if weight > 0 && !canary_off && !d.killed.contains(&canary) {
+/// Routes one unversioned request. `live` is the rollout's state (step weight, rollback,
+/// promotion) when the canary has steps or gates.
+pub fn pick(d: &Deployment, model: &str, key: Option<&str>, seq: u64, live: Option<Live>) -> Pick {
+    if let Some((canary, file_weight)) = d.canary {
+        let live = live.unwrap_or(Live {
+            weight_bp: None,
+            promoted: false,
+        });
+        if live.promoted && !d.killed.contains(&canary) {
+            return Pick::Version(canary);
+        }
+        let weight = live.weight_bp.unwrap_or(file_weight);
+        if weight > 0 && !d.killed.contains(&canary) {
             let bucket = match key {
                 Some(k) => key_bucket(model, k),
                 None => seq_bucket(seq),
@@ -66,12 +76,12 @@ mod tests {
         let d = canary(2_000);
         let n = 100_000;
         let to_canary = (0..n)
-            .filter(|s| pick(&d, "m", None, *s, false) == Pick::Version(2))
+            .filter(|s| pick(&d, "m", None, *s, None) == Pick::Version(2))
             .count();
         let share = to_canary as f64 / n as f64;
         assert!((share - 0.2).abs() < 0.01, "{share}");
         let keyed = (0..n)
-            .filter(|k| pick(&d, "m", Some(&format!("user-{k}")), 0, false) == Pick::Version(2))
+            .filter(|k| pick(&d, "m", Some(&format!("user-{k}")), 0, None) == Pick::Version(2))
             .count();
         assert!(((keyed as f64 / n as f64) - 0.2).abs() < 0.01);
     }
@@ -81,15 +91,15 @@ mod tests {
         // Same key, same answer, whatever the request sequence number.
         let d = canary(5_000);
         for k in ["alice", "bob", "carol"] {
-            let first = pick(&d, "m", Some(k), 0, false);
-            assert!((1..100).all(|s| pick(&d, "m", Some(k), s, false) == first));
+            let first = pick(&d, "m", Some(k), 0, None);
+            assert!((1..100).all(|s| pick(&d, "m", Some(k), s, None) == first));
         }
         // Raising the weight only moves users from stable to canary, never back.
         for k in 0..1000 {
             let key = format!("u{k}");
-            if pick(&canary(500), "m", Some(&key), 0, false) == Pick::Version(2) {
+            if pick(&canary(500), "m", Some(&key), 0, None) == Pick::Version(2) {
                 assert_eq!(
-                    pick(&canary(2_000), "m", Some(&key), 0, false),
+                    pick(&canary(2_000), "m", Some(&key), 0, None),
                     Pick::Version(2)
                 );
             }
@@ -102,15 +112,27 @@ mod tests {
     #[test]
     fn killed_canary_and_defaults() {
         let mut d = canary(10_000);
-        assert_eq!(pick(&d, "m", None, 7, false), Pick::Version(2));
+        assert_eq!(pick(&d, "m", None, 7, None), Pick::Version(2));
         d.killed.insert(2);
-        assert_eq!(pick(&d, "m", None, 7, false), Pick::Version(1));
+        assert_eq!(pick(&d, "m", None, 7, None), Pick::Version(1));
         d.killed.clear();
-        assert_eq!(pick(&d, "m", None, 7, true), Pick::Version(1));
+        let off = Live {
+            weight_bp: Some(0),
+            promoted: false,
+        };
+        assert_eq!(pick(&d, "m", None, 7, Some(off)), Pick::Version(1));
+        let promoted = Live {
+            weight_bp: Some(100),
+            promoted: true,
+        };
         assert_eq!(
-            pick(&Deployment::default(), "m", None, 0, false),
+            pick(&canary(0), "m", None, 7, Some(promoted)),
+            Pick::Version(2)
+        );
+        assert_eq!(
+            pick(&Deployment::default(), "m", None, 0, None),
             Pick::Highest
         );
-        assert_eq!(pick(&canary(0), "m", None, 3, false), Pick::Version(1));
+        assert_eq!(pick(&canary(0), "m", None, 3, None), Pick::Version(1));
     }
 }

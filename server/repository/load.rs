@@ -318,17 +318,25 @@ pub fn monitor_of(
     options: &LoadOptions,
 ) -> Option<Arc<CanaryMonitor>> {
     let d = deployment?;
-    let gates = d.gates.clone()?;
     let (canary, _) = d.canary?;
+    if d.gates.is_none() && d.steps.is_none() {
+        return None;
+    }
     let text =
         std::fs::read_to_string(model_dir.join(deploy::config::FILE_NAME)).unwrap_or_default();
     let state = options
         .deployment_state_dir
         .as_deref()
         .map(|dir| (dir, name, text.as_str()));
-    let m = CanaryMonitor::new(gates, canary, state);
-    if let Some(v) = m.verdict() {
-        tracing::warn!(model = name, canary, gate = %v.gate, "canary stays rolled back (decision kept in --deployment-state-dir)");
+    let m = CanaryMonitor::new(
+        d.gates.clone(),
+        d.steps.clone(),
+        d.on_failure,
+        canary,
+        state,
+    );
+    if m.status() != crate::deploy::gates::Status::Serving || m.step().is_some_and(|s| s > 0) {
+        tracing::warn!(model = name, canary, status = ?m.status(), step = ?m.step(), "canary decision restored from --deployment-state-dir");
     }
     Some(Arc::new(m))
 }

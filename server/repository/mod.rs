@@ -409,11 +409,8 @@ impl ModelRepository {
             Some(VersionState::Ready(m)) => Some(m.clone()),
             _ => None,
         };
-        let canary_off = entry
-            .canary_monitor
-            .as_ref()
-            .is_some_and(|m| m.rolled_back());
-        let picked = pick(d, name, key.as_deref(), seq, canary_off);
+        let live = entry.canary_monitor.as_ref().map(|m| m.live());
+        let picked = pick(d, name, key.as_deref(), seq, live);
         let arm = match picked {
             Pick::Version(v) if d.canary.is_some_and(|(c, _)| c == v) => Arm::Canary,
             _ => Arm::Stable,

@@ -113,3 +113,57 @@ def test_rollback_survives_restart_until_the_file_changes(make_repo, switchyard,
     third = switchyard(repo, *args)
     assert state(third)["canary"]["state"] == "serving"
     assert any(v == "2" for v, _ in send(third, 30))
+
+
+STEPS = """stable = 1
+[canary]
+version = 2
+steps = [10.0, 50.0, 100.0]
+step_min_seconds = 0.3
+step_min_requests = 10
+on_gate_failure = "{action}"
+[canary.gates]
+min_requests = 10
+max_error_rate = 0.05
+max_p99_ratio = 50.0
+"""
+
+
+def test_clean_canary_walks_every_step_and_is_promoted(make_repo, switchyard, tmp_path):
+    statedir = tmp_path / "state"
+    repo = repo_with(make_repo, STEPS.format(action="rollback"))
+    srv = switchyard(repo, "--deployment-state-dir", str(statedir))
+    seen_steps, deadline = set(), time.monotonic() + 60
+    while time.monotonic() < deadline:
+        send(srv, 20)
+        s = state(srv)["canary"]
+        seen_steps.add(s["step"])
+        if s["state"] == "promoted":
+            break
+    s = state(srv)["canary"]
+    assert s["state"] == "promoted" and s["weight_percent"] == 100.0, s
+    assert seen_steps >= {0, 2} and s["steps_percent"] == [10.0, 50.0, 100.0]
+    assert {v for v, _ in send(srv, 50)} == {"2"}  # the candidate is now the stable answer
+    assert "canary rollout moved on" in srv.log()
+    srv.stop()
+    # The promotion is a decision: it survives a restart under the same deployment.toml.
+    again = switchyard(repo, "--deployment-state-dir", str(statedir))
+    assert state(again)["canary"]["state"] == "promoted"
+    assert {v for v, _ in send(again, 30)} == {"2"}
+
+
+def test_pause_holds_the_step_weight(make_repo, switchyard):
+    repo = repo_with(make_repo, STEPS.format(action="pause").replace("10.0, 50.0", "20.0, 50.0"),
+                     {"switchyard_fault_error_rate": "0.5", "switchyard_fault_versions": "2"})
+    srv = switchyard(repo)
+    send(srv, 200)
+    s = state(srv)["canary"]
+    assert s["state"] == "paused" and s["step"] == 0 and s["weight_percent"] == 20.0, s
+    assert s["rollback"]["gate"] == "max_error_rate"
+    time.sleep(0.5)
+    results = send(srv, 300)
+    # Held at 20 %: the canary keeps its share, and never steps up.
+    assert 30 <= sum(v == "2" for v, _ in results) <= 90
+    assert state(srv)["canary"]["step"] == 0
+    text = requests.get(srv.metrics_url, timeout=TIMEOUT).text
+    assert 'switchyard_canary_pauses_total{model="fraud_mlp",version="2",gate="max_error_rate"} 1' in text
