@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::deploy::gates::{CanaryMonitor, Status, Verdict};
 use crate::deploy::shadow::{
-    compare, ms, now_ms, DivergenceLog, DivergenceRecord, ShadowArm, Skip, Slot,
+    compare, ms, now_ms, now_ms_precise, DivergenceLog, DivergenceRecord, ShadowArm, Skip, Slot,
 };
 use crate::deploy::StickyKey;
 use crate::error::InferError;
@@ -613,9 +613,12 @@ impl Core {
                 latency,
             );
             if let Some(m) = &monitor {
-                if let Some((status, verdict)) =
-                    m.record(arm == Arm::Canary, latency, result.is_ok(), now_ms())
-                {
+                if let Some((status, verdict)) = m.record(
+                    arm == Arm::Canary,
+                    latency,
+                    result.is_ok(),
+                    now_ms_precise(),
+                ) {
                     rollout_moved(&version.spec.name, m, status, verdict.as_ref());
                 }
             }

@@ -80,8 +80,8 @@ pub struct Verdict {
     pub limit: f64,
     pub canary_requests: usize,
     pub stable_requests: usize,
-    /// Milliseconds since the Unix epoch.
-    pub time_ms: u128,
+    /// Milliseconds since the Unix epoch (microsecond resolution).
+    pub time_ms: f64,
 }
 
 #[derive(Debug, Default)]
@@ -131,7 +131,7 @@ impl Window {
 }
 
 /// Judges the gates on two windows; the first breached gate, if any.
-fn judge(spec: &GateSpec, stable: &Window, canary: &Window, now_ms: u128) -> Option<Verdict> {
+fn judge(spec: &GateSpec, stable: &Window, canary: &Window, now_ms: f64) -> Option<Verdict> {
     let (nc, ns) = (canary.samples.len(), stable.samples.len());
     if nc < spec.min_requests {
         return None;
@@ -309,7 +309,7 @@ impl CanaryMonitor {
         canary_arm: bool,
         latency: Duration,
         ok: bool,
-        now_ms: u128,
+        now_ms: f64,
     ) -> Option<(Status, Option<Verdict>)> {
         let now = Instant::now();
         let mut progress = self.progress.lock();
@@ -425,16 +425,22 @@ mod tests {
     fn error_rate_gate_needs_min_requests() {
         let m = CanaryMonitor::new(Some(spec()), None, OnFailure::Rollback, 2, None);
         for _ in 0..19 {
-            assert!(m.record(true, Duration::from_millis(1), false, 0).is_none());
+            assert!(m
+                .record(true, Duration::from_millis(1), false, 0.0)
+                .is_none());
         }
-        let (status, v) = m.record(true, Duration::from_millis(1), false, 0).unwrap();
+        let (status, v) = m
+            .record(true, Duration::from_millis(1), false, 0.0)
+            .unwrap();
         assert_eq!(status, Status::RolledBack);
         let v = v.unwrap();
         assert_eq!(v.gate, "max_error_rate");
         assert_eq!(m.live().weight_bp, Some(0));
         assert_eq!(v.canary_requests, 20);
         assert!(m.rolled_back());
-        assert!(m.record(true, Duration::from_millis(1), false, 0).is_none());
+        assert!(m
+            .record(true, Duration::from_millis(1), false, 0.0)
+            .is_none());
     }
 
     #[test]
@@ -455,7 +461,7 @@ mod tests {
         let mut moves = Vec::new();
         for _ in 0..200 {
             std::thread::sleep(Duration::from_millis(1));
-            if let Some((s, _)) = m.record(true, Duration::from_millis(1), true, 0) {
+            if let Some((s, _)) = m.record(true, Duration::from_millis(1), true, 0.0) {
                 moves.push((s, m.step()));
             }
             if m.status() == Status::Promoted {
@@ -482,7 +488,7 @@ mod tests {
         };
         let m = CanaryMonitor::new(Some(spec()), Some(steps), OnFailure::Pause, 2, None);
         for _ in 0..20 {
-            m.record(true, Duration::from_millis(1), false, 0);
+            m.record(true, Duration::from_millis(1), false, 0.0);
         }
         assert_eq!(m.status(), Status::Paused);
         assert_eq!(
@@ -494,7 +500,9 @@ mod tests {
         );
         for _ in 0..50 {
             std::thread::sleep(Duration::from_millis(1));
-            assert!(m.record(true, Duration::from_millis(1), true, 0).is_none());
+            assert!(m
+                .record(true, Duration::from_millis(1), true, 0.0)
+                .is_none());
         }
         assert_eq!(m.step(), Some(0));
     }
@@ -508,14 +516,17 @@ mod tests {
             stable.push(now, 0.002, true, Duration::from_secs(60));
             canary.push(now, 0.010, true, Duration::from_secs(60));
         }
-        let v = judge(&spec(), &stable, &canary, 0).unwrap();
+        let v = judge(&spec(), &stable, &canary, 0.0).unwrap();
         assert_eq!(v.gate, "max_p99_ratio");
         assert!((v.canary_value - 5.0).abs() < 1e-9);
         let mut ok = spec();
         ok.max_p99_ratio = Some(6.0);
-        assert!(judge(&ok, &stable, &canary, 0).is_none());
+        assert!(judge(&ok, &stable, &canary, 0.0).is_none());
         ok.max_p99_ms = Some(5.0);
-        assert_eq!(judge(&ok, &stable, &canary, 0).unwrap().gate, "max_p99_ms");
+        assert_eq!(
+            judge(&ok, &stable, &canary, 0.0).unwrap().gate,
+            "max_p99_ms"
+        );
     }
 
     #[test]
@@ -532,7 +543,7 @@ mod tests {
         };
         let m = new(2, "text-a");
         for _ in 0..20 {
-            m.record(true, Duration::from_millis(1), false, 0);
+            m.record(true, Duration::from_millis(1), false, 0.0);
         }
         assert!(m.rolled_back());
         let again = new(2, "text-a");

@@ -325,6 +325,14 @@ pub fn now_ms() -> u128 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch, with microsecond resolution.
+pub fn now_ms_precise() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
+}
+
 /// Seconds as fractional milliseconds.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
