@@ -576,33 +576,39 @@ impl Core {
         let shadow_request = (!shadow_jobs.is_empty()).then(|| req.clone());
         let request = validate(req, &version.spec)?;
         let (reply, rx) = oneshot::channel();
-        if let Err(e) = version.enqueue(request, reply, received, deadline) {
-            version
-                .stats
-                .record_failure(received.elapsed(), FailureReason::of(&e));
-            return Err(e);
-        }
         let mut primary_waiters = Vec::with_capacity(shadow_jobs.len());
-        if let Some(shadow_request) = shadow_request {
-            for (slot, arm, shadow_version) in shadow_jobs {
-                let (tx, primary) = oneshot::channel();
-                primary_waiters.push(tx);
-                tokio::spawn(run_shadow(ShadowRun {
-                    _slot: slot,
-                    arm,
-                    version: shadow_version,
-                    request: shadow_request.clone(),
-                    primary,
-                    log: self.shadow_log.clone(),
-                }));
+        let result = match version.enqueue(request, reply, received, deadline) {
+            Err(e) => {
+                // Refused at admission (queue full, stopping): a failure of this arm too.
+                version
+                    .stats
+                    .record_failure(received.elapsed(), FailureReason::of(&e));
+                Err(e)
             }
-        }
-        // `version` stays alive until the answer arrives, so a drain never drops this request.
-        let result = rx.await.unwrap_or_else(|_| {
-            Err(InferError::Internal(
-                "the model instance stopped before answering".into(),
-            ))
-        });
+            Ok(()) => {
+                if let Some(shadow_request) = shadow_request {
+                    for (slot, arm, shadow_version) in shadow_jobs {
+                        let (tx, primary) = oneshot::channel();
+                        primary_waiters.push(tx);
+                        tokio::spawn(run_shadow(ShadowRun {
+                            _slot: slot,
+                            arm,
+                            version: shadow_version,
+                            request: shadow_request.clone(),
+                            primary,
+                            log: self.shadow_log.clone(),
+                        }));
+                    }
+                }
+                // `version` stays alive until the answer arrives, so a drain never drops
+                // this request.
+                rx.await.unwrap_or_else(|_| {
+                    Err(InferError::Internal(
+                        "the model instance stopped before answering".into(),
+                    ))
+                })
+            }
+        };
         let latency = received.elapsed();
         if arm != Arm::Unrouted {
             arm_metrics(
