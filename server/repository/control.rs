@@ -450,19 +450,7 @@ impl ModelRepository {
                 ),
                 Err(e) => {
                     let reason = format!("failed to load '{name}': {e}");
-                    let kept = ModelEntry {
-                        name: old.name.clone(),
-                        config: old.config.clone(),
-                        versions: old.versions.clone(),
-                        error: None,
-                        reload_error: Some(reason.clone()),
-                        override_dir: None,
-                        source: old.source.clone(),
-                        deployment: old.deployment.clone(),
-                        shadow_arms: old.shadow_arms.clone(),
-                        canary_monitor: old.canary_monitor.clone(),
-                        route_seq: Default::default(),
-                    };
+                    let kept = old.kept_after_failure(reason.clone());
                     self.models.write().insert(name.to_string(), Arc::new(kept));
                     return Some(Err(reason));
                 }
@@ -619,19 +607,7 @@ impl ModelRepository {
         if !new.loaded_ok() {
             let reason = new.failure();
             if let Some(old) = old.filter(|o| o.serving()) {
-                let kept = ModelEntry {
-                    name: old.name.clone(),
-                    config: old.config.clone(),
-                    versions: old.versions.clone(),
-                    error: old.error.clone(),
-                    reload_error: Some(reason.clone()),
-                    override_dir: old.override_dir.clone(),
-                    source: old.source.clone(),
-                    deployment: old.deployment.clone(),
-                    shadow_arms: old.shadow_arms.clone(),
-                    canary_monitor: old.canary_monitor.clone(),
-                    route_seq: Default::default(),
-                };
+                let kept = old.kept_after_failure(reason.clone());
                 self.models.write().insert(name.to_string(), Arc::new(kept));
                 // The new entry's versions that did load are released with it, here.
                 drop(new);

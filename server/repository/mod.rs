@@ -186,6 +186,24 @@ impl ModelEntry {
         }
     }
 
+    /// This entry, still serving, after a (re)load that failed for `reason` (shown in the
+    /// index). Routing and rollout state carry over.
+    pub fn kept_after_failure(&self, reason: String) -> Self {
+        ModelEntry {
+            name: self.name.clone(),
+            config: self.config.clone(),
+            versions: self.versions.clone(),
+            error: self.error.clone(),
+            reload_error: Some(reason),
+            override_dir: self.override_dir.clone(),
+            source: self.source.clone(),
+            deployment: self.deployment.clone(),
+            shadow_arms: self.shadow_arms.clone(),
+            canary_monitor: self.canary_monitor.clone(),
+            route_seq: Default::default(),
+        }
+    }
+
     /// An entry with no versions that failed for `error`.
     pub fn failed(name: &str, config: Option<Arc<ModelConfig>>, error: String) -> Self {
         ModelEntry {

@@ -327,3 +327,18 @@ def write_slow_model(model_dir: Path, width: int = 256, depth: int = 40) -> Path
     path = model_dir / "1" / "model.onnx"
     onnx.save(model, path)
     return path
+
+
+def fraud_repo_with(make_repo, deployment: str | None, params: dict[str, str] | None = None) -> Path:
+    """A repository holding fraud_mlp (v1, v2) with `deployment` as its deployment.toml (none if
+    None) and `params` added to its config as string parameters (e.g. fault injection)."""
+    repo = make_repo(["fraud_mlp"])
+    if deployment is not None:
+        (repo / "fraud_mlp" / "deployment.toml").write_text(deployment)
+    if params:
+        cfg = repo / "fraud_mlp" / "config.pbtxt"
+        text = cfg.read_text()
+        for k, v in params.items():
+            text += f'\nparameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
+        cfg.write_text(text + "\n")
+    return repo

@@ -44,15 +44,7 @@ def wait_counts(srv, pred, what: str, timeout: float = 20.0) -> dict[str, int]:
 
 
 def repo_with(make_repo, deployment: str, params: dict[str, str] | None = None) -> Path:
-    repo = make_repo(["fraud_mlp"])
-    (repo / "fraud_mlp" / "deployment.toml").write_text(deployment)
-    if params:
-        cfg = repo / "fraud_mlp" / "config.pbtxt"
-        text = cfg.read_text()
-        for k, v in params.items():
-            text += f'\nparameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
-        cfg.write_text(text + "\n")
-    return repo
+    return h.fraud_repo_with(make_repo, deployment, params)
 
 
 SHADOW = """stable = 1
