@@ -182,6 +182,24 @@ def decode_response(resp: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     return out
 
 
+def grpc_inputs(inputs: dict[str, np.ndarray]):
+    """tritonclient.grpc InferInputs (raw contents) from {name: ndarray}."""
+    import tritonclient.grpc as grpcclient
+
+    out = []
+    for name, arr in inputs.items():
+        i = grpcclient.InferInput(name, list(arr.shape), wire_type(arr))
+        i.set_data_from_numpy(arr)
+        out.append(i)
+    return out
+
+
+def arange_simple_inputs():
+    """`simple`'s two inputs, both 0..15 (so OUTPUT0 = 2 x arange, OUTPUT1 = 0)."""
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    return grpc_inputs({"INPUT0": a, "INPUT1": a})
+
+
 def infer(stub, req, timeout=RPC_TIMEOUT_S) -> pb.ModelInferResponse:
     return stub.ModelInfer(req, timeout=timeout)
 

@@ -22,13 +22,7 @@ import sy_helpers as h
 MAX_BATCH = {"simple": 8, "simple_string": 8, "simple_identity": 8, "fraud_mlp": 256}
 
 
-def tc_inputs(inputs: dict[str, np.ndarray]):
-    out = []
-    for name, arr in inputs.items():
-        i = grpcclient.InferInput(name, list(arr.shape), h.wire_type(arr))
-        i.set_data_from_numpy(arr)
-        out.append(i)
-    return out
+tc_inputs = h.grpc_inputs
 
 
 def identity_inputs(batch: int, seed: int = 0):

@@ -1387,6 +1387,20 @@ def make_slow_model(repo: Path) -> None:
     (d / "config.pbtxt").write_text(SLOW_CONFIG)
 
 
+def size_slow_request(c, enough: float, aim: float) -> tuple[int, float]:
+    """Grows a slow-model request until one takes at least `enough` seconds (aiming at `aim`);
+    returns its rows and how long the last one took."""
+    rows = 64
+    for _ in range(6):
+        t0 = time.monotonic()
+        slow_infer(c, rows)
+        took = time.monotonic() - t0
+        if took >= enough:
+            break
+        rows = min(20000, int(rows * max(2.0, aim / max(took, 0.005))))
+    return rows, took
+
+
 def slow_infer(c, rows, timeout=TIMEOUT):
     t = grpcclient.InferInput("x", [rows, 256], "FP32")
     t.set_data_from_numpy(np.full((rows, 256), 0.01, dtype=np.float32))
@@ -1405,14 +1419,7 @@ def test_sigterm_drains_in_flight_requests(make_repo, switchyard):
                      "--ort-intra-op-threads", "1", "--exit-timeout-secs", "60")
     c = srv.client()
     # size the requests so that 16 of them (8 per instance) take a few seconds in all
-    rows = 64
-    for _ in range(6):
-        t0 = time.monotonic()
-        slow_infer(c, rows)
-        took = time.monotonic() - t0
-        if took >= 0.25:
-            break
-        rows = min(20000, int(rows * max(2.0, 0.35 / max(took, 0.005))))
+    rows, took = size_slow_request(c, enough=0.25, aim=0.35)
     assert took >= 0.15, f"slow model too fast to test the drain ({rows} rows took {took:.3f} s)"
 
     n = 16
@@ -1510,14 +1517,7 @@ def test_reload_and_unload_let_in_flight_requests_finish(make_repo, switchyard):
     srv = switchyard(repo, "--model-control-mode", "explicit", "--load-model", "slow",
                      "--ort-intra-op-threads", "1")
     c = srv.client()
-    rows = 64
-    for _ in range(6):
-        t0 = time.monotonic()
-        slow_infer(c, rows)
-        took = time.monotonic() - t0
-        if took >= 0.2:
-            break
-        rows = min(20000, int(rows * max(2.0, 0.3 / max(took, 0.005))))
+    rows, _ = size_slow_request(c, enough=0.2, aim=0.3)
     n = 8
     for action in ("reload", "unload"):
         results, errors, done_at = {}, {}, {}
@@ -1648,7 +1648,7 @@ def test_exit_timeout_bounds_shutdown_with_stuck_requests(make_repo, switchyard)
     c = srv.client()
     results = []
     for i in range(3):
-        c.async_infer("simple", h_simple_inputs(), callback=lambda r, e: results.append((r, e)))
+        c.async_infer("simple", h.arange_simple_inputs(), callback=lambda r, e: results.append((r, e)))
     wait_for(lambda: c.get_inference_statistics("simple").model_stats is not None, "stats")
     time.sleep(0.3)
     assert results == []  # held in the queue
@@ -1659,11 +1659,3 @@ def test_exit_timeout_bounds_shutdown_with_stuck_requests(make_repo, switchyard)
     assert rc == 0, srv.log()
     assert 2.0 <= elapsed < 8.0, elapsed
     assert "exit timeout reached" in srv.log()
-
-
-def h_simple_inputs():
-    a = np.arange(16, dtype=np.int32).reshape(1, 16)
-    ins = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
-    for t in ins:
-        t.set_data_from_numpy(a)
-    return ins

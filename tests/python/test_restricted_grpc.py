@@ -6,7 +6,6 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -26,14 +25,6 @@ def restricted(module_switchyard, tmp_path_factory):
         "--model-control-mode=explicit",
         "--load-model=*",
     )
-
-
-def _simple_inputs():
-    a = np.arange(16, dtype=np.int32).reshape(1, 16)
-    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
-    inputs[0].set_data_from_numpy(a)
-    inputs[1].set_data_from_numpy(a)
-    return inputs
 
 
 def test_restricted_categories_need_the_exact_header(restricted):
@@ -62,7 +53,7 @@ def test_secret_from_file_and_open_categories(restricted):
     # Unrestricted categories: health, metadata, inference.
     assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("simple")
     assert c.get_model_metadata("simple").name == "simple"
-    r = c.infer("simple", _simple_inputs())
+    r = c.infer("simple", h.arange_simple_inputs())
     assert (r.as_numpy("OUTPUT0") == 2 * np.arange(16).reshape(1, 16)).all()
 
 
