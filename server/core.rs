@@ -58,27 +58,6 @@ pub struct ModelMetadata {
     pub outputs: Vec<TensorMetadata>,
 }
 
-/// Per-arm request, failure and latency series of a routed (or shadow) request.
-fn arm_metrics(
-    model: &str,
-    version: i64,
-    arm: &'static str,
-    ok: bool,
-    latency: std::time::Duration,
-) {
-    let labels = [
-        ("model", model.to_string()),
-        ("version", version.to_string()),
-        ("arm", arm.to_string()),
-    ];
-    metrics::counter!("switchyard_arm_requests_total", &labels).increment(1);
-    if !ok {
-        metrics::counter!("switchyard_arm_failures_total", &labels).increment(1);
-    }
-    metrics::histogram!("switchyard_arm_request_duration_seconds", &labels)
-        .record(latency.as_secs_f64());
-}
-
 /// Logs and counts a rollout decision (a gate breach, a step up, a promotion).
 fn rollout_moved(model: &str, m: &CanaryMonitor, status: Status, verdict: Option<&Verdict>) {
     match verdict {
@@ -162,7 +141,9 @@ async fn run_shadow(run: ShadowRun) {
     .await;
     let shadow_latency = started.elapsed();
     if !matches!(outcome, Err("dropped")) {
-        arm_metrics(&model, shadow_v, "shadow", outcome.is_ok(), shadow_latency);
+        version
+            .stats
+            .record_arm("shadow", outcome.is_ok(), shadow_latency);
     }
     let shadow = match outcome {
         Ok(r) => r,
@@ -611,13 +592,9 @@ impl Core {
         };
         let latency = received.elapsed();
         if arm != Arm::Unrouted {
-            arm_metrics(
-                &version.spec.name,
-                version.spec.version,
-                arm.label(),
-                result.is_ok(),
-                latency,
-            );
+            version
+                .stats
+                .record_arm(arm.label(), result.is_ok(), latency);
             if let Some(m) = &monitor {
                 if let Some((status, verdict)) = m.record(
                     arm == Arm::Canary,

@@ -95,6 +95,59 @@ impl VersionHistograms {
     }
 }
 
+/// The deployment arms a version can answer as (`arm` label).
+pub const ARMS: [&str; 3] = ["stable", "canary", "shadow"];
+
+/// Per-arm series of one version (`switchyard_arm_*`), registered on first use so versions
+/// that never serve an arm export none, and never re-registered on the request path.
+#[derive(Debug, Default)]
+pub struct ArmSeries {
+    model: String,
+    version: i64,
+    arms: [std::sync::OnceLock<ArmHandles>; 3],
+}
+
+#[derive(Debug)]
+struct ArmHandles {
+    requests: metrics::Counter,
+    failures: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl ArmSeries {
+    pub fn new(model: &str, version: i64) -> Self {
+        ArmSeries {
+            model: model.to_string(),
+            version,
+            arms: Default::default(),
+        }
+    }
+
+    /// One request answered (or failed) as `arm`, one of [`ARMS`].
+    pub fn record(&self, arm: &'static str, ok: bool, latency: Duration) {
+        let Some(i) = ARMS.iter().position(|a| *a == arm) else {
+            return;
+        };
+        let h = self.arms[i].get_or_init(|| {
+            let labels = [
+                ("model", self.model.clone()),
+                ("version", self.version.to_string()),
+                ("arm", arm.to_string()),
+            ];
+            ArmHandles {
+                requests: counter!("switchyard_arm_requests_total", &labels),
+                failures: counter!("switchyard_arm_failures_total", &labels),
+                latency: histogram!("switchyard_arm_request_duration_seconds", &labels),
+            }
+        });
+        h.requests.increment(1);
+        if !ok {
+            h.failures.increment(1);
+        }
+        h.latency.record(latency.as_secs_f64());
+    }
+}
+
 /// Builds the Prometheus recorder with our buckets and installs it for the whole process.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()

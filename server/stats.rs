@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::executor::PhaseTimes;
-use crate::metrics::VersionHistograms;
+use crate::metrics::{ArmSeries, VersionHistograms};
 
 /// The `reason` label of `nv_inference_request_failure`, as Triton classifies failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,8 @@ pub struct StatsSnapshot {
 pub struct ModelStats {
     inner: Mutex<StatsSnapshot>,
     histograms: VersionHistograms,
+    /// Per-arm series when the version serves in a deployment.
+    arms: ArmSeries,
 }
 
 fn now_ms() -> u64 {
@@ -127,7 +129,14 @@ impl ModelStats {
         ModelStats {
             inner: Mutex::default(),
             histograms: VersionHistograms::new(model, version),
+            arms: ArmSeries::new(model, version),
         }
+    }
+
+    /// One request this version answered as deployment arm `arm` ("stable", "canary",
+    /// "shadow").
+    pub fn record_arm(&self, arm: &'static str, ok: bool, latency: Duration) {
+        self.arms.record(arm, ok, latency);
     }
 
     /// One batch of `batch_size` inferences ran with these phase times.
