@@ -442,12 +442,8 @@ impl ModelRepository {
                 .iter()
                 .flat_map(|c| c.output.iter().map(|o| o.name.clone()))
                 .collect();
-            match load::read_deployment(dir, &loaded, &outputs) {
-                Ok(d) => (
-                    d.clone().map(Arc::new),
-                    load::arms_of(d.as_ref()),
-                    load::monitor_of(name, dir, d.as_ref(), &self.options),
-                ),
+            match load::read_routing(name, dir, &loaded, &outputs, &self.options) {
+                Ok(r) => (r.deployment, r.shadow_arms, r.canary_monitor),
                 Err(e) => {
                     let reason = format!("failed to load '{name}': {e}");
                     let kept = old.kept_after_failure(reason.clone());

@@ -289,11 +289,10 @@ fn load_versions(
     // A bad deployment.toml fails the whole model: serving without the routing its owner
     // wrote could send traffic to a version meant to get none.
     let outputs: Vec<String> = config.output.iter().map(|o| o.name.clone()).collect();
-    let deployment = match read_deployment(model_dir, &loaded, &outputs) {
-        Ok(d) => d.map(Arc::new),
+    let routing = match read_routing(name, model_dir, &loaded, &outputs, options) {
+        Ok(r) => r,
         Err(e) => return ModelEntry::failed(name, Some(config), format!("model '{name}': {e}")),
     };
-    let canary_monitor = monitor_of(name, model_dir, deployment.as_deref(), options);
     ModelEntry {
         name: name.to_string(),
         config: Some(config),
@@ -302,32 +301,60 @@ fn load_versions(
         reload_error: None,
         override_dir: None,
         source: None,
-        shadow_arms: arms_of(deployment.as_deref()),
-        canary_monitor,
-        deployment,
+        shadow_arms: routing.shadow_arms,
+        canary_monitor: routing.canary_monitor,
+        deployment: routing.deployment,
         route_seq: Default::default(),
     }
 }
 
-/// The canary gate monitor of `deployment`, restoring a rollback persisted under the same
-/// `deployment.toml` text in `--deployment-state-dir`.
-pub fn monitor_of(
+/// A model's routing as `deployment.toml` sets it up: the validated file and the runtime
+/// state of its shadows and canary rollout.
+#[derive(Debug, Default)]
+pub struct Routing {
+    pub deployment: Option<Arc<Deployment>>,
+    pub shadow_arms: Vec<Arc<ShadowArm>>,
+    pub canary_monitor: Option<Arc<CanaryMonitor>>,
+}
+
+/// Reads `deployment.toml` (once) if the model directory has one, validates it against the
+/// loaded versions and outputs, and starts its runtime state (restoring a rollout decision
+/// kept in `--deployment-state-dir` under the same text).
+pub fn read_routing(
     name: &str,
     model_dir: &Path,
-    deployment: Option<&Deployment>,
+    loaded: &[i64],
+    outputs: &[String],
+    options: &LoadOptions,
+) -> Result<Routing, String> {
+    let text = match std::fs::read_to_string(model_dir.join(deploy::config::FILE_NAME)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Routing::default()),
+        Err(e) => return Err(format!("cannot read {}: {e}", deploy::config::FILE_NAME)),
+    };
+    let d = deploy::config::parse(&text, loaded, outputs)?;
+    Ok(Routing {
+        shadow_arms: d.shadows.iter().cloned().map(ShadowArm::new).collect(),
+        canary_monitor: monitor_of(name, &d, &text, options),
+        deployment: Some(Arc::new(d)),
+    })
+}
+
+/// The canary rollout monitor of `d` (when its canary has gates or steps).
+fn monitor_of(
+    name: &str,
+    d: &Deployment,
+    text: &str,
     options: &LoadOptions,
 ) -> Option<Arc<CanaryMonitor>> {
-    let d = deployment?;
     let (canary, _) = d.canary?;
     if d.gates.is_none() && d.steps.is_none() {
         return None;
     }
-    let text =
-        std::fs::read_to_string(model_dir.join(deploy::config::FILE_NAME)).unwrap_or_default();
     let state = options
         .deployment_state_dir
         .as_deref()
-        .map(|dir| (dir, name, text.as_str()));
+        .map(|dir| (dir, name, text));
     let m = CanaryMonitor::new(
         d.gates.clone(),
         d.steps.clone(),
@@ -339,26 +366,6 @@ pub fn monitor_of(
         tracing::warn!(model = name, canary, status = ?m.status(), step = ?m.step(), "canary decision restored from --deployment-state-dir");
     }
     Some(Arc::new(m))
-}
-
-/// Fresh runtime state for the shadows of `deployment`.
-pub fn arms_of(deployment: Option<&Deployment>) -> Vec<Arc<ShadowArm>> {
-    deployment
-        .map(|d| d.shadows.iter().cloned().map(ShadowArm::new).collect())
-        .unwrap_or_default()
-}
-
-/// Reads and validates `deployment.toml` if the model directory has one.
-pub fn read_deployment(
-    model_dir: &Path,
-    loaded: &[i64],
-    outputs: &[String],
-) -> Result<Option<Deployment>, String> {
-    match std::fs::read_to_string(model_dir.join(deploy::config::FILE_NAME)) {
-        Ok(text) => deploy::config::parse(&text, loaded, outputs).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", deploy::config::FILE_NAME)),
-    }
 }
 
 /// Where one version's files are, and how its engines are made.
