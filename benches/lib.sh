@@ -6,7 +6,24 @@
 #                                       stops the server (SIGTERM, then SIGKILL) on exit
 #   bench_wait_ready MODEL:VERSION...-> waits (120 s at most) until the server and those
 #                                       versions are ready; fails with the log's tail otherwise
-# Needs $BIN, $ORT_LIB and $PY (a Python with tritonclient) set by the caller.
+#   bench_setup NAME                 -> sets PY, PA, BIN, ORT_LIB and RUN_DIR
+#                                       (${OUT:-/tmp/switchyard-bench}/NAME-<UTC time>, created)
+#                                       and stops with a hint if the build or deps are missing
+# The server functions need $BIN, $ORT_LIB and $PY (a Python with tritonclient): bench_setup
+# sets them, or the caller does.
+
+bench_setup() {
+    PY="$ROOT/.venv/bin/python"
+    PA="$ROOT/scripts/perf_analyzer"
+    BIN="$ROOT/target/release/switchyard"
+    [[ -x "$BIN" ]] || { echo "$1: missing $BIN (run: cargo build --release)" >&2; exit 1; }
+    [[ -x "$PY" && -s "$ROOT/.deps/ort-lib-path" ]] \
+        || { echo "$1: missing .venv or .deps (run: bash scripts/deps.sh test)" >&2; exit 1; }
+    ORT_LIB="$(cat "$ROOT/.deps/ort-lib-path")"
+    RUN_DIR="${OUT:-/tmp/switchyard-bench}/$1-$(date -u +%Y%m%dT%H%M%SZ)"
+    mkdir -p "$RUN_DIR"
+    echo "$1: results in $RUN_DIR" >&2
+}
 
 bench_free_ports() {
     "$PY" -c '

@@ -15,14 +15,9 @@
 set -euo pipefail
 ROOT="$(cd -- "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/../.." && pwd -P)"
 cd "$ROOT"
-PY="$ROOT/.venv/bin/python"
-BIN="$ROOT/target/release/switchyard"
-[[ -x "$BIN" ]] || { echo "missing $BIN (cargo build --release)" >&2; exit 1; }
-ORT_LIB="$(cat .deps/ort-lib-path)"
-WEIGHT="${WEIGHT:-50}" MIN="${MIN:-20}" CLIENTS="${CLIENTS:-8}" REQUESTS="${REQUESTS:-3000}" REPEATS="${REPEATS:-5}"
-RUN_DIR="${OUT:-/tmp/switchyard-bench}/canary-$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$RUN_DIR"
 source benches/lib.sh
+bench_setup canary
+WEIGHT="${WEIGHT:-50}" MIN="${MIN:-20}" CLIENTS="${CLIENTS:-8}" REQUESTS="${REQUESTS:-3000}" REPEATS="${REPEATS:-5}"
 echo "canary rollback: weight $WEIGHT %, gate min_requests $MIN, $CLIENTS clients, $(nproc) cores" >&2
 for r in $(seq "$REPEATS"); do
     repo="$RUN_DIR/repo$r"

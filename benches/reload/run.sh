@@ -19,15 +19,13 @@ set -euo pipefail
 
 ROOT="$(cd -- "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/../.." && pwd -P)"
 cd "$ROOT"
-PY="$ROOT/.venv/bin/python"
-BIN="$ROOT/target/release/switchyard"
-ORT_LIB="$(cat "$ROOT/.deps/ort-lib-path")"
+source benches/lib.sh
+bench_setup reload
+RUN="$RUN_DIR"
 CYCLES="${CYCLES:-500}"
 WINDOW="${WINDOW:-50}"
 RATE_HZ="${RATE_HZ:-50}"
-RUN="${OUT:-/tmp/switchyard-bench}/reload-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$RUN/repo"
-[[ -x "$BIN" ]] || { echo "missing $BIN: cargo build --release" >&2; exit 1; }
 
 cp -r model_repository/simple "$RUN/repo/"
 cp -r model_repository/fraud_mlp "$RUN/repo/"
@@ -35,7 +33,6 @@ cp -r model_repository/fraud_mlp "$RUN/repo/"
 sed -i 's/count: 1/count: 2/' "$RUN/repo/fraud_mlp/config.pbtxt"
 grep -q 'count: 2' "$RUN/repo/fraud_mlp/config.pbtxt" || { echo "cannot set 2 instances" >&2; exit 1; }
 
-source benches/lib.sh
 bench_start_server "$RUN/server.log" --model-repository "$RUN/repo" \
     --model-control-mode explicit --load-model simple ${SERVER_ARGS:-}
 bench_wait_ready simple:1

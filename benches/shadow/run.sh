@@ -22,20 +22,14 @@ set -euo pipefail
 
 ROOT="$(cd -- "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/../.." && pwd -P)"
 cd "$ROOT"
-PY="$ROOT/.venv/bin/python"
-PA="$ROOT/scripts/perf_analyzer"
-BIN="$ROOT/target/release/switchyard"
+source benches/lib.sh
+bench_setup shadow
 RATE="${RATE:-400}"
 ROUNDS="${ROUNDS:-2}"
 MEASURE_MS="${MEASURE_MS:-4000}"
 SLOW_MS="${SLOW_MS:-5}"
 die() { echo "shadow/run.sh: $*" >&2; exit 1; }
-[[ -x "$BIN" ]] || die "missing $BIN (run: cargo build --release)"
-[[ -s .deps/ort-lib-path ]] || die "missing .deps/ort-lib-path (run: bash scripts/deps.sh test)"
-ORT_LIB="$(cat .deps/ort-lib-path)"
-RUN_DIR="${OUT:-/tmp/switchyard-bench}/shadow-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$RUN_DIR/repo"
-echo "shadow/run.sh: results in $RUN_DIR" >&2
 
 for m in fraud_plain fraud_shadow fraud_slow; do
     mkdir -p "$RUN_DIR/repo/$m/1" "$RUN_DIR/repo/$m/2"
@@ -62,7 +56,6 @@ parameters { key: "switchyard_fault_latency_ms" value: { string_value: "$SLOW_MS
 parameters { key: "switchyard_fault_versions" value: { string_value: "2" } }
 EOT
 
-source benches/lib.sh
 bench_start_server "$RUN_DIR/server.log" --model-repository "$RUN_DIR/repo"
 bench_wait_ready fraud_plain:1 fraud_shadow:2 fraud_slow:2 || die "server not ready"
 METRICS_PORT="$(grep -o 'Metrics Service at [0-9.:]*' "$RUN_DIR/server.log" | grep -o '[0-9]*$')"
