@@ -268,12 +268,8 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(repository: ModelRepository, id: String, strict_readiness: bool) -> Arc<Self> {
-        Self::with_shadow_log(repository, id, strict_readiness, None)
-    }
-
-    /// A core that writes diverging shadow pairs to `shadow_log`.
-    pub fn with_shadow_log(
+    /// The core over `repository`; diverging shadow pairs go to `shadow_log`, if given.
+    pub fn new(
         repository: ModelRepository,
         id: String,
         strict_readiness: bool,

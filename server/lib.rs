@@ -106,7 +106,7 @@ pub async fn run(
         )),
         None => None,
     };
-    let core = Core::with_shadow_log(
+    let core = Core::new(
         repository,
         args.id.clone(),
         args.strict_readiness,

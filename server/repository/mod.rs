@@ -279,13 +279,8 @@ pub struct ModelRepository {
 }
 
 impl ModelRepository {
-    /// A repository over `root`; nothing is loaded until [`ModelRepository::load_all`] or
-    /// [`ModelRepository::load_startup`].
-    pub fn new(root: &Path, options: LoadOptions) -> Self {
-        Self::with_mode(root, options, ControlMode::None)
-    }
-
-    /// A repository with a model control mode.
+    /// A repository over `root` with a model control mode; nothing is loaded until
+    /// [`ModelRepository::load_all`] or [`ModelRepository::load_startup`].
     pub fn with_mode(root: &Path, options: LoadOptions, mode: ControlMode) -> Self {
         ModelRepository {
             root: root.to_path_buf(),
