@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod gates;
+pub mod psi;
 pub mod router;
 pub mod shadow;
 

@@ -222,19 +222,26 @@ pub fn compare(primary: &InferResponse, shadow: &InferResponse, spec: &CompareSp
     }
 }
 
-/// One line of the divergence log.
+/// One line of the divergence log: one compared pair.
 #[derive(Debug, Serialize)]
 pub struct DivergenceRecord<'a> {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u128,
     pub model: &'a str,
     pub request_id: &'a str,
+    /// "shadow": a `[[shadow]]` copy of a request the primary answered; "canary_check": the
+    /// stable version re-running a request the canary answered (the canary is the primary).
+    pub kind: &'static str,
     pub primary_version: i64,
     pub shadow_version: i64,
     pub primary_score: Option<f64>,
     pub shadow_score: Option<f64>,
     pub primary_decision: Option<bool>,
     pub shadow_decision: Option<bool>,
+    /// The decision threshold in effect, if any.
+    pub threshold: Option<f64>,
+    /// The pair agrees (same decision with a threshold, else within tolerance).
+    pub agree: bool,
     pub max_abs_diff: f64,
     pub max_rel_diff: f64,
     pub exact_mismatch: bool,
@@ -440,12 +447,15 @@ mod tests {
             time_ms: 1,
             model: "m",
             request_id: "r",
+            kind: "shadow",
             primary_version: 1,
             shadow_version: 2,
             primary_score: Some(0.9),
             shadow_score: Some(0.1),
             primary_decision: Some(true),
             shadow_decision: Some(false),
+            threshold: Some(0.5),
+            agree: false,
             max_abs_diff: 0.8,
             max_rel_diff: 0.9,
             exact_mismatch: false,
