@@ -8,9 +8,11 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::deploy::gates::{CanaryMonitor, Status, Verdict};
+use crate::deploy::control::{Control, Event};
+use crate::deploy::gates::{CanaryMonitor, GateValues, Status, Verdict};
 use crate::deploy::shadow::{
-    compare, ms, now_ms, now_ms_precise, DivergenceLog, DivergenceRecord, ShadowArm, Skip, Slot,
+    compare, decision, ms, now_ms, now_ms_precise, DivergenceLog, DivergenceRecord, ShadowArm,
+    Skip, Slot,
 };
 use crate::deploy::StickyKey;
 use crate::error::InferError;
@@ -58,41 +60,18 @@ pub struct ModelMetadata {
     pub outputs: Vec<TensorMetadata>,
 }
 
-/// Logs and counts a rollout decision (a gate breach, a step up, a promotion).
-fn rollout_moved(model: &str, m: &CanaryMonitor, status: Status, verdict: Option<&Verdict>) {
-    match verdict {
-        Some(v) => {
-            tracing::warn!(
-                model, canary = m.canary, gate = %v.gate, ?status,
-                canary_value = v.canary_value, stable_value = ?v.stable_value,
-                limit = v.limit, canary_requests = v.canary_requests,
-                "canary gate breached"
-            );
-            let counter = if status == Status::Paused {
-                "switchyard_canary_pauses_total"
-            } else {
-                "switchyard_canary_rollbacks_total"
-            };
-            metrics::counter!(
-                counter,
-                "model" => model.to_string(),
-                "version" => m.canary.to_string(),
-                "gate" => v.gate.clone()
-            )
-            .increment(1);
-        }
-        None => {
-            tracing::info!(model, canary = m.canary, ?status, step = ?m.step(), "canary rollout moved on")
-        }
-    }
-}
-
-/// Counts one shadow outcome (`switchyard_shadow_requests_total`).
-fn shadow_outcome(model: &str, shadow_version: i64, outcome: &'static str) {
+/// Counts one shadow outcome (`switchyard_shadow_requests_total`), or one outcome of a
+/// canary check (`switchyard_canary_checks_total`).
+fn shadow_outcome(model: &str, arm: &ShadowArm, outcome: &'static str) {
+    let name = if arm.kind == "shadow" {
+        "switchyard_shadow_requests_total"
+    } else {
+        "switchyard_canary_checks_total"
+    };
     metrics::counter!(
-        "switchyard_shadow_requests_total",
+        name,
         "model" => model.to_string(),
-        "version" => shadow_version.to_string(),
+        "version" => arm.spec.version.to_string(),
         "outcome" => outcome
     )
     .increment(1);
@@ -108,6 +87,8 @@ struct ShadowRun {
     /// The primary's answer and latency; dropped if the primary failed.
     primary: oneshot::Receiver<(InferResponse, std::time::Duration)>,
     log: Option<Arc<DivergenceLog>>,
+    /// For a canary check: the rollout its agreement feeds.
+    monitor: Option<(Arc<CanaryMonitor>, Arc<Control>)>,
 }
 
 /// Runs a shadow copy within its timeout, then scores it against the primary's answer.
@@ -119,6 +100,7 @@ async fn run_shadow(run: ShadowRun) {
         request,
         primary,
         log,
+        monitor,
     } = run;
     let model = request.model_name.clone();
     let id = request.id.clone();
@@ -140,32 +122,51 @@ async fn run_shadow(run: ShadowRun) {
     }
     .await;
     let shadow_latency = started.elapsed();
-    if !matches!(outcome, Err("dropped")) {
+    let is_shadow = arm.kind == "shadow";
+    if is_shadow && !matches!(outcome, Err("dropped")) {
         version
             .stats
             .record_arm("shadow", outcome.is_ok(), shadow_latency);
     }
     let shadow = match outcome {
         Ok(r) => r,
-        Err(o) => return shadow_outcome(&model, shadow_v, o),
+        Err(o) => return shadow_outcome(&model, &arm, o),
     };
     let Ok((primary, primary_latency)) = primary.await else {
         return; // the primary failed: nothing to compare
     };
     let c = compare(&primary, &shadow, &arm.spec.compare);
-    shadow_outcome(&model, shadow_v, "compared");
-    shadow_outcome(
-        &model,
-        shadow_v,
-        if c.agree { "agreed" } else { "diverged" },
-    );
-    if !c.agree {
+    shadow_outcome(&model, &arm, "compared");
+    shadow_outcome(&model, &arm, if c.agree { "agreed" } else { "diverged" });
+    if let Some((m, control)) = &monitor {
+        if let Some(mv) = m.record_check(c.agree, now_ms_precise()) {
+            control.moved(mv);
+        }
+    } else if let (Some(p), Some(sh)) = (c.primary.score, c.shadow.score) {
+        metrics::histogram!(
+            "switchyard_shadow_score_delta",
+            "model" => model.clone(),
+            "version" => shadow_v.to_string()
+        )
+        .record(sh - p);
+    }
+    if is_shadow {
+        if let Some(psi) = arm.add_scores(c.primary.score, c.shadow.score) {
+            metrics::gauge!(
+                "switchyard_shadow_psi",
+                "model" => model.clone(),
+                "version" => shadow_v.to_string()
+            )
+            .set(psi);
+        }
+    }
+    if !c.agree || arm.spec.compare.log_all {
         if let Some(log) = &log {
             log.write(&DivergenceRecord {
                 time_ms: now_ms(),
                 model: &model,
                 request_id: &id,
-                kind: "shadow",
+                kind: arm.kind,
                 primary_version: primary.model_version,
                 shadow_version: shadow_v,
                 primary_score: c.primary.score,
@@ -216,6 +217,8 @@ pub struct DeploymentState {
     pub versions: Vec<VersionRow>,
     /// Why the last (re)load of the model or its deployment file failed, if it did.
     pub last_error: Option<String>,
+    /// Every decision (gates and operators), oldest first.
+    pub history: Vec<Event>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -232,6 +235,21 @@ pub struct CanaryState {
     pub steps_percent: Vec<f64>,
     /// The breached gate, with the values measured, when rolled back or paused.
     pub rollback: Option<Verdict>,
+    /// The gates as configured, and their values at the last evaluation.
+    pub gates: Option<GatesState>,
+}
+
+/// The canary's gates: limits and the last measured values.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GatesState {
+    pub window_seconds: f64,
+    pub min_requests: usize,
+    pub max_error_rate: Option<f64>,
+    pub max_p99_ms: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+    pub max_psi: Option<f64>,
+    pub min_agreement: Option<f64>,
+    pub values: Option<GateValues>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -459,42 +477,55 @@ impl Core {
             })
             .collect();
         let d = entry.deployment.as_deref();
+        let control = entry.control.as_deref();
+        let killed =
+            |v: &i64| control.map_or(d.is_some_and(|d| d.killed.contains(v)), |c| c.is_killed(*v));
         let highest_ready = entry
             .versions
             .iter()
             .rev()
-            .find(|(v, s)| {
-                matches!(s, VersionState::Ready(_)) && !d.is_some_and(|d| d.killed.contains(v))
-            })
+            .find(|(v, s)| matches!(s, VersionState::Ready(_)) && !killed(v))
             .map(|(v, _)| *v);
+        let monitor = control.and_then(|c| c.monitor.as_deref());
         Ok(DeploymentState {
             model: name.to_string(),
             has_deployment_file: d.is_some(),
             stable: d.and_then(|d| d.stable).or(highest_ready),
-            canary: d.and_then(|d| d.canary).map(|(version, bp)| {
-                let m = entry.canary_monitor.as_deref();
-                let live = m.map(|m| m.live());
-                let status = m.map_or(Status::Serving, |m| m.status());
-                CanaryState {
-                    version,
-                    weight_percent: match live {
-                        Some(l) if l.promoted => 100.0,
-                        Some(l) => f64::from(l.weight_bp.unwrap_or(bp)) / 100.0,
-                        None => f64::from(bp) / 100.0,
-                    },
-                    configured_weight_percent: f64::from(bp) / 100.0,
-                    state: status,
-                    step: m.and_then(|m| m.step()),
-                    steps_percent: d
-                        .and_then(|d| d.steps.as_ref())
-                        .map(|s| s.weights.iter().map(|w| f64::from(*w) / 100.0).collect())
-                        .unwrap_or_default(),
-                    rollback: m.and_then(|m| m.verdict()),
-                }
+            canary: d.and_then(|d| d.canary).map(|(version, bp)| CanaryState {
+                version,
+                weight_percent: if killed(&version) {
+                    0.0
+                } else {
+                    monitor.map_or(f64::from(bp) / 100.0, |m| m.weight_percent())
+                },
+                configured_weight_percent: f64::from(bp) / 100.0,
+                state: monitor.map_or(Status::Serving, |m| m.status()),
+                step: monitor.and_then(|m| m.step()),
+                steps_percent: d
+                    .and_then(|d| d.steps.as_ref())
+                    .map(|s| s.weights.iter().map(|w| f64::from(*w) / 100.0).collect())
+                    .unwrap_or_default(),
+                rollback: monitor.and_then(|m| m.verdict()),
+                gates: monitor.and_then(|m| {
+                    m.gates.as_ref().map(|g| GatesState {
+                        window_seconds: g.window.as_secs_f64(),
+                        min_requests: g.min_requests,
+                        max_error_rate: g.max_error_rate,
+                        max_p99_ms: g.max_p99_ms,
+                        max_p99_ratio: g.max_p99_ratio,
+                        max_psi: g.max_psi,
+                        min_agreement: g.min_agreement,
+                        values: m.values(),
+                    })
+                }),
             }),
-            killed: d
-                .map(|d| d.killed.iter().copied().collect())
-                .unwrap_or_default(),
+            killed: control.map_or_else(
+                || {
+                    d.map(|d| d.killed.iter().copied().collect())
+                        .unwrap_or_default()
+                },
+                |c| c.killed(),
+            ),
             sticky: d.and_then(|d| d.sticky.as_ref()).map(|k| match k {
                 StickyKey::Parameter(p) => format!("parameter:{p}"),
                 StickyKey::Header(h) => format!("header:{h}"),
@@ -512,6 +543,7 @@ impl Core {
                 .collect(),
             versions,
             last_error: entry.reload_error.clone().or_else(|| entry.error.clone()),
+            history: control.map(|c| c.history()).unwrap_or_default(),
         })
     }
 
@@ -549,7 +581,7 @@ impl Core {
         for (arm, shadow_version) in shadows {
             match arm.admit() {
                 Ok(slot) => shadow_jobs.push((slot, arm, shadow_version)),
-                Err(Skip::Full) => shadow_outcome(&req.model_name, arm.spec.version, "dropped"),
+                Err(Skip::Full) => shadow_outcome(&req.model_name, &arm, "dropped"),
                 Err(Skip::NotSampled) => {}
             }
         }
@@ -570,6 +602,7 @@ impl Core {
                     for (slot, arm, shadow_version) in shadow_jobs {
                         let (tx, primary) = oneshot::channel();
                         primary_waiters.push(tx);
+                        let monitor = monitor.clone().filter(|_| arm.kind != "shadow");
                         tokio::spawn(run_shadow(ShadowRun {
                             _slot: slot,
                             arm,
@@ -577,6 +610,7 @@ impl Core {
                             request: shadow_request.clone(),
                             primary,
                             log: self.shadow_log.clone(),
+                            monitor,
                         }));
                     }
                 }
@@ -594,14 +628,19 @@ impl Core {
             version
                 .stats
                 .record_arm(arm.label(), result.is_ok(), latency);
-            if let Some(m) = &monitor {
-                if let Some((status, verdict)) = m.record(
+            if let Some((m, control)) = &monitor {
+                let score = match (&result, &m.compare) {
+                    (Ok(r), Some(spec)) => decision(r, spec).score,
+                    _ => None,
+                };
+                if let Some(mv) = m.record(
                     arm == Arm::Canary,
                     latency,
                     result.is_ok(),
+                    score,
                     now_ms_precise(),
                 ) {
-                    rollout_moved(&version.spec.name, m, status, verdict.as_ref());
+                    control.moved(mv);
                 }
             }
         }

@@ -34,6 +34,12 @@ pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Shadow score-delta buckets (shadow - primary): symmetric, dense near zero.
+pub const SCORE_DELTA_BUCKETS: &[f64] = &[
+    -1.0, -0.5, -0.2, -0.1, -0.05, -0.02, -0.01, -0.001, 0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2,
+    0.5, 1.0,
+];
+
 /// Batch-size buckets: powers of two up to 1024.
 pub const BATCH_SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -155,6 +161,12 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_SIZE_BUCKETS)
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("switchyard_shadow_score_delta".into()),
+                SCORE_DELTA_BUCKETS,
+            )
+        })
         .context("invalid histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -268,6 +280,22 @@ fn describe() {
         "Canary rollbacks, by the gate that was breached"
     );
     describe_gauge!(
+        "switchyard_canary_gate_value",
+        "Last measured value of each canary gate (error_rate, p99_ms, p99_ratio, psi, agreement)"
+    );
+    describe_counter!(
+        "switchyard_canary_checks_total",
+        "Canary requests re-run on stable for the agreement gate, by outcome"
+    );
+    describe_histogram!(
+        "switchyard_shadow_score_delta",
+        "Shadow score minus primary score of each compared pair"
+    );
+    describe_gauge!(
+        "switchyard_shadow_psi",
+        "PSI of the shadow's recent scores against the primary's"
+    );
+    describe_gauge!(
         "switchyard_stable_version",
         "The version answering unversioned requests"
     );
@@ -314,55 +342,63 @@ struct Scrape {
 fn publish_deployment(
     model: &str,
     d: &crate::deploy::Deployment,
-    monitor: Option<&crate::deploy::gates::CanaryMonitor>,
+    control: Option<&crate::deploy::control::Control>,
 ) {
     use crate::deploy::gates::Status;
+    let monitor = control.and_then(|c| c.monitor.as_deref());
     let status = monitor.map_or(Status::Serving, |m| m.status());
     let rolled_back = status == Status::RolledBack;
     if let Some(stable) = d.stable {
         gauge!("switchyard_stable_version", "model" => model.to_string()).set(stable as f64);
     }
-    if let Some((canary, bp)) = d.canary {
-        let live = monitor.map(|m| m.live());
-        let weight = if d.killed.contains(&canary) || rolled_back {
-            0.0
-        } else if live.is_some_and(|l| l.promoted) {
-            100.0
-        } else {
-            f64::from(live.and_then(|l| l.weight_bp).unwrap_or(bp)) / 100.0
+    let Some((canary, bp)) = d.canary else {
+        return;
+    };
+    let killed = control.map_or(d.killed.contains(&canary), |c| c.is_killed(canary));
+    let weight = if killed {
+        0.0
+    } else {
+        monitor.map_or(f64::from(bp) / 100.0, |m| m.weight_percent())
+    };
+    let code = match status {
+        Status::Serving => 0.0,
+        Status::Paused => 1.0,
+        Status::RolledBack => 2.0,
+        Status::Promoted => 3.0,
+    };
+    let labels = [
+        ("model", model.to_string()),
+        ("version", canary.to_string()),
+    ];
+    gauge!("switchyard_canary_state", &labels).set(code);
+    if let Some(step) = monitor.and_then(|m| m.step()) {
+        gauge!("switchyard_canary_step", &labels).set(step as f64);
+    }
+    gauge!("switchyard_canary_rolled_back", &labels).set(if rolled_back { 1.0 } else { 0.0 });
+    gauge!("switchyard_canary_weight_percent", &labels).set(weight);
+    if let Some(v) = monitor.and_then(|m| m.values()) {
+        let p99_ratio = match (v.canary_p99_ms, v.stable_p99_ms) {
+            (Some(c), Some(s)) if s > 0.0 => Some(c / s),
+            _ => None,
         };
-        let code = match status {
-            Status::Serving => 0.0,
-            Status::Paused => 1.0,
-            Status::RolledBack => 2.0,
-            Status::Promoted => 3.0,
-        };
-        gauge!(
-            "switchyard_canary_state",
-            "model" => model.to_string(),
-            "version" => canary.to_string()
-        )
-        .set(code);
-        if let Some(step) = monitor.and_then(|m| m.step()) {
-            gauge!(
-                "switchyard_canary_step",
-                "model" => model.to_string(),
-                "version" => canary.to_string()
-            )
-            .set(step as f64);
+        let values = [
+            ("error_rate", Some(v.canary_error_rate)),
+            ("p99_ms", v.canary_p99_ms),
+            ("p99_ratio", p99_ratio),
+            ("psi", v.psi),
+            ("agreement", v.agreement),
+        ];
+        for (gate, value) in values {
+            if let Some(x) = value {
+                gauge!(
+                    "switchyard_canary_gate_value",
+                    "model" => model.to_string(),
+                    "version" => canary.to_string(),
+                    "gate" => gate
+                )
+                .set(x);
+            }
         }
-        gauge!(
-            "switchyard_canary_rolled_back",
-            "model" => model.to_string(),
-            "version" => canary.to_string()
-        )
-        .set(if rolled_back { 1.0 } else { 0.0 });
-        gauge!(
-            "switchyard_canary_weight_percent",
-            "model" => model.to_string(),
-            "version" => canary.to_string()
-        )
-        .set(weight);
     }
 }
 
@@ -374,7 +410,7 @@ async fn metrics_handler(
     }
     for e in s.core.repository.entries() {
         if let Some(d) = &e.deployment {
-            publish_deployment(&e.name, d, e.canary_monitor.as_deref());
+            publish_deployment(&e.name, d, e.control.as_deref());
         }
     }
     ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], s.handle.render())

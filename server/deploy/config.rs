@@ -64,6 +64,21 @@ pub struct CompareFile {
     /// Float outputs agree when |a - b| <= abs_tolerance + rel_tolerance * |a| (defaults 1e-6, 1e-4).
     pub abs_tolerance: Option<f64>,
     pub rel_tolerance: Option<f64>,
+    /// What the divergence log gets: "all" compared pairs (default) or only "divergent" ones.
+    pub log: Option<String>,
+}
+
+/// `[canary.check]`: the stable version re-runs a sample of the canary's requests, so the
+/// `min_agreement` gate compares both decisions on the same input (like a shadow).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckFile {
+    /// Percent of canary requests re-run on stable (default 100).
+    pub sample_percent: Option<f64>,
+    /// Checks in flight at most; more are skipped and counted (default 16).
+    pub max_in_flight: Option<usize>,
+    /// A check answer later than this is dropped and counted (default 1000).
+    pub timeout_ms: Option<u64>,
 }
 
 /// `[canary]`.
@@ -82,6 +97,9 @@ pub struct CanaryFile {
     /// What a breached gate does: "rollback" (default) or "pause".
     pub on_gate_failure: Option<String>,
     pub gates: Option<GatesFile>,
+    /// The score the `max_psi` and `min_agreement` gates read, and the decision threshold.
+    pub compare: Option<CompareFile>,
+    pub check: Option<CheckFile>,
 }
 
 /// `[canary.gates]`.
@@ -95,6 +113,13 @@ pub struct GatesFile {
     pub max_error_rate: Option<f64>,
     pub max_p99_ms: Option<f64>,
     pub max_p99_ratio: Option<f64>,
+    /// Largest PSI of the canary's scores against stable's (needs `[canary.compare]`).
+    pub max_psi: Option<f64>,
+    /// Quantile bins of the PSI (default 10).
+    pub psi_bins: Option<usize>,
+    /// Smallest share of checked canary requests whose decision stable agrees with (0..1,
+    /// needs `[canary.compare]`).
+    pub min_agreement: Option<f64>,
 }
 
 /// `[sticky]`: exactly one of the two.
@@ -129,6 +154,10 @@ pub struct Deployment {
     /// The canary's steps, if it steps.
     pub steps: Option<super::gates::StepSpec>,
     pub on_failure: super::gates::OnFailure,
+    /// `[canary.compare]`: the canary's score, for the PSI and agreement gates.
+    pub canary_compare: Option<CompareSpec>,
+    /// The stable version's re-runs of canary requests, when `min_agreement` is a gate.
+    pub canary_check: Option<ShadowSpec>,
 }
 
 /// A validated `[[shadow]]`.
@@ -151,6 +180,8 @@ pub struct CompareSpec {
     pub threshold: Option<f64>,
     pub abs_tolerance: f64,
     pub rel_tolerance: f64,
+    /// Every compared pair goes to the divergence log, not only diverging ones.
+    pub log_all: bool,
 }
 
 /// Parses and validates `text` against the versions that loaded and the model's output
@@ -188,66 +219,14 @@ fn validate(
         if shadows.iter().any(|s: &ShadowSpec| s.version == sh.version) {
             return err(format!("shadow.version = {}: given twice", sh.version));
         }
-        let pct = sh.sample_percent.unwrap_or(100.0);
-        if !(0.0..=100.0).contains(&pct) || pct.is_nan() {
-            return err(format!(
-                "shadow.sample_percent = {pct}: must be between 0 and 100"
-            ));
-        }
-        let max_in_flight = sh.max_in_flight.unwrap_or(16);
-        if max_in_flight == 0 || max_in_flight > 100_000 {
-            return err(format!(
-                "shadow.max_in_flight = {max_in_flight}: must be between 1 and 100000"
-            ));
-        }
-        let timeout_ms = sh.timeout_ms.unwrap_or(1000);
-        if timeout_ms == 0 || timeout_ms > 600_000 {
-            return err(format!(
-                "shadow.timeout_ms = {timeout_ms}: must be between 1 and 600000"
-            ));
-        }
-        let c = sh.compare.clone().unwrap_or(CompareFile {
-            output: None,
-            element: None,
-            threshold: None,
-            abs_tolerance: None,
-            rel_tolerance: None,
-        });
-        if let Some(o) = &c.output {
-            if !outputs.contains(o) {
-                return err(format!(
-                    "shadow.compare.output = \"{o}\": the model has no such output (outputs: {outputs:?})"
-                ));
-            }
-        }
-        let tol = |key: &str, v: Option<f64>, default: f64| -> Result<f64, String> {
-            let v = v.unwrap_or(default);
-            if v.is_finite() && v >= 0.0 {
-                Ok(v)
-            } else {
-                Err(format!(
-                    "{FILE_NAME}: shadow.compare.{key} = {v}: must be >= 0"
-                ))
-            }
-        };
-        if c.threshold.is_some_and(|t| !t.is_finite()) {
-            return err(format!(
-                "shadow.compare.threshold = {:?}: must be a finite number",
-                c.threshold
-            ));
-        }
+        let (sample_bp, max_in_flight, timeout) =
+            bounds("shadow", sh.sample_percent, sh.max_in_flight, sh.timeout_ms)?;
         shadows.push(ShadowSpec {
             version: sh.version,
-            sample_bp: (pct * 100.0).round() as u32,
+            sample_bp,
             max_in_flight,
-            timeout: std::time::Duration::from_millis(timeout_ms),
-            compare: CompareSpec {
-                output: c.output.clone(),
-                element: c.element.unwrap_or(0),
-                threshold: c.threshold,
-                abs_tolerance: tol("abs_tolerance", c.abs_tolerance, 1e-6)?,
-                rel_tolerance: tol("rel_tolerance", c.rel_tolerance, 1e-4)?,
-            },
+            timeout,
+            compare: compare_spec("shadow.compare", sh.compare.as_ref(), outputs)?,
         });
     }
     let killed: BTreeSet<i64> = file.killed.iter().copied().collect();
@@ -268,6 +247,8 @@ fn validate(
     }
     let mut gates = None;
     let mut steps = None;
+    let mut canary_compare = None;
+    let mut canary_check = None;
     let mut on_failure = super::gates::OnFailure::Rollback;
     let canary = match file.canary {
         None => None,
@@ -340,6 +321,39 @@ fn validate(
             if let Some(g) = &c.gates {
                 gates = Some(gate_spec(g)?);
             }
+            if let Some(cmp) = &c.compare {
+                canary_compare = Some(compare_spec("canary.compare", Some(cmp), outputs)?);
+            }
+            let score_gates = gates.as_ref().is_some_and(|g: &super::gates::GateSpec| {
+                g.max_psi.is_some() || g.min_agreement.is_some()
+            });
+            if score_gates && canary_compare.is_none() {
+                return err(
+                    "canary.gates.max_psi and min_agreement need [canary.compare] to name the score"
+                        .into(),
+                );
+            }
+            let agreement = gates.as_ref().is_some_and(|g| g.min_agreement.is_some());
+            if c.check.is_some() && !agreement {
+                return err("[canary.check] is only used by canary.gates.min_agreement".into());
+            }
+            if let (true, Some(compare)) = (agreement, &canary_compare) {
+                let check = c.check.clone().unwrap_or_default();
+                let (sample_bp, max_in_flight, timeout) = bounds(
+                    "canary.check",
+                    check.sample_percent,
+                    check.max_in_flight,
+                    check.timeout_ms,
+                )?;
+                canary_check = Some(ShadowSpec {
+                    // `stable` is required with a canary (checked above).
+                    version: file.stable.unwrap_or_default(),
+                    sample_bp,
+                    max_in_flight,
+                    timeout,
+                    compare: compare.clone(),
+                });
+            }
             Some((c.version, (w * 100.0).round() as u32))
         }
     };
@@ -369,6 +383,95 @@ fn validate(
         gates,
         steps,
         on_failure,
+        canary_compare,
+        canary_check,
+    })
+}
+
+/// Sampling, in-flight cap and timeout of a `[[shadow]]` or `[canary.check]`:
+/// (basis points, cap, timeout).
+fn bounds(
+    table: &str,
+    sample_percent: Option<f64>,
+    max_in_flight: Option<usize>,
+    timeout_ms: Option<u64>,
+) -> Result<(u32, usize, std::time::Duration), String> {
+    let pct = sample_percent.unwrap_or(100.0);
+    if !(0.0..=100.0).contains(&pct) || pct.is_nan() {
+        return Err(format!(
+            "{FILE_NAME}: {table}.sample_percent = {pct}: must be between 0 and 100"
+        ));
+    }
+    let max_in_flight = max_in_flight.unwrap_or(16);
+    if max_in_flight == 0 || max_in_flight > 100_000 {
+        return Err(format!(
+            "{FILE_NAME}: {table}.max_in_flight = {max_in_flight}: must be between 1 and 100000"
+        ));
+    }
+    let timeout_ms = timeout_ms.unwrap_or(1000);
+    if timeout_ms == 0 || timeout_ms > 600_000 {
+        return Err(format!(
+            "{FILE_NAME}: {table}.timeout_ms = {timeout_ms}: must be between 1 and 600000"
+        ));
+    }
+    Ok((
+        (pct * 100.0).round() as u32,
+        max_in_flight,
+        std::time::Duration::from_millis(timeout_ms),
+    ))
+}
+
+/// A `[shadow.compare]` or `[canary.compare]` table, validated (`table` names it in errors).
+fn compare_spec(
+    table: &str,
+    c: Option<&CompareFile>,
+    outputs: &[String],
+) -> Result<CompareSpec, String> {
+    let none = CompareFile {
+        output: None,
+        element: None,
+        threshold: None,
+        abs_tolerance: None,
+        rel_tolerance: None,
+        log: None,
+    };
+    let c = c.unwrap_or(&none);
+    if let Some(o) = &c.output {
+        if !outputs.contains(o) {
+            return Err(format!(
+                "{FILE_NAME}: {table}.output = \"{o}\": the model has no such output (outputs: {outputs:?})"
+            ));
+        }
+    }
+    let tol = |key: &str, v: Option<f64>, default: f64| -> Result<f64, String> {
+        let v = v.unwrap_or(default);
+        if v.is_finite() && v >= 0.0 {
+            Ok(v)
+        } else {
+            Err(format!("{FILE_NAME}: {table}.{key} = {v}: must be >= 0"))
+        }
+    };
+    if let Some(t) = c.threshold.filter(|t| !t.is_finite()) {
+        return Err(format!(
+            "{FILE_NAME}: {table}.threshold = {t}: must be a finite number"
+        ));
+    }
+    let log_all = match c.log.as_deref() {
+        None | Some("all") => true,
+        Some("divergent") => false,
+        Some(other) => {
+            return Err(format!(
+                "{FILE_NAME}: {table}.log = \"{other}\": expected \"all\" or \"divergent\""
+            ))
+        }
+    };
+    Ok(CompareSpec {
+        output: c.output.clone(),
+        element: c.element.unwrap_or(0),
+        threshold: c.threshold,
+        abs_tolerance: tol("abs_tolerance", c.abs_tolerance, 1e-6)?,
+        rel_tolerance: tol("rel_tolerance", c.rel_tolerance, 1e-4)?,
+        log_all,
     })
 }
 
@@ -392,9 +495,28 @@ fn gate_spec(g: &GatesFile) -> Result<super::gates::GateSpec, String> {
     if let Some(v) = g.max_p99_ratio.filter(|v| !(*v > 0.0 && v.is_finite())) {
         return bad("max_p99_ratio", v, "must be a positive ratio");
     }
-    if g.max_error_rate.is_none() && g.max_p99_ms.is_none() && g.max_p99_ratio.is_none() {
+    if let Some(v) = g.max_psi.filter(|v| !(*v > 0.0 && v.is_finite())) {
+        return bad(
+            "max_psi",
+            v,
+            "must be a positive number (0.1 small, 0.25 large shift)",
+        );
+    }
+    let psi_bins = g.psi_bins.unwrap_or(crate::deploy::psi::DEFAULT_BINS);
+    if !(2..=100).contains(&psi_bins) {
+        return bad("psi_bins", psi_bins as f64, "must be between 2 and 100");
+    }
+    if let Some(v) = g.min_agreement.filter(|v| !(0.0..=1.0).contains(v)) {
+        return bad("min_agreement", v, "must be a fraction from 0 to 1");
+    }
+    if g.max_error_rate.is_none()
+        && g.max_p99_ms.is_none()
+        && g.max_p99_ratio.is_none()
+        && g.max_psi.is_none()
+        && g.min_agreement.is_none()
+    {
         return Err(format!(
-            "{FILE_NAME}: [canary.gates] names no gate (max_error_rate, max_p99_ms, max_p99_ratio)"
+            "{FILE_NAME}: [canary.gates] names no gate (max_error_rate, max_p99_ms, max_p99_ratio, max_psi, min_agreement)"
         ));
     }
     Ok(super::gates::GateSpec {
@@ -403,6 +525,9 @@ fn gate_spec(g: &GatesFile) -> Result<super::gates::GateSpec, String> {
         max_error_rate: g.max_error_rate,
         max_p99_ms: g.max_p99_ms,
         max_p99_ratio: g.max_p99_ratio,
+        max_psi: g.max_psi,
+        psi_bins,
+        min_agreement: g.min_agreement,
     })
 }
 
@@ -432,6 +557,18 @@ mod tests {
         assert_eq!(sh.shadows[0].sample_bp, 5_000);
         assert_eq!(sh.shadows[0].compare.threshold, Some(0.85));
         assert_eq!(sh.shadows[0].max_in_flight, 16);
+        assert!(sh.shadows[0].compare.log_all);
+        let gated = parse(
+            "stable = 1\n[canary]\nversion = 2\nweight = 5.0\n[canary.gates]\nmax_psi = 0.2\nmin_agreement = 0.95\n[canary.compare]\noutput = \"p\"\nelement = 1\nthreshold = 0.5\nlog = \"divergent\"\n[canary.check]\nsample_percent = 50.0\n",
+            &[1, 2],
+            &["p".into()],
+        )
+        .unwrap();
+        let check = gated.canary_check.unwrap();
+        assert_eq!((check.version, check.sample_bp), (1, 5_000));
+        assert_eq!(check.compare.element, 1);
+        assert!(!check.compare.log_all);
+        assert_eq!(gated.gates.unwrap().psi_bins, 10);
     }
 
     #[test]
@@ -492,6 +629,14 @@ mod tests {
             ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmax_error_rate = 2.0", "canary.gates.max_error_rate = 2"),
             ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nwindow_seconds = 5.0", "names no gate"),
             ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\non_gate_failure = \"hold\"", "on_gate_failure = \"hold\""),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmax_psi = 0.2", "need [canary.compare]"),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmax_psi = -1.0\n[canary.compare]\noutput = \"p\"", "canary.gates.max_psi = -1"),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmin_agreement = 1.5\n[canary.compare]\noutput = \"p\"", "canary.gates.min_agreement = 1.5"),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmax_psi = 0.2\npsi_bins = 1\n[canary.compare]\noutput = \"p\"", "canary.gates.psi_bins = 1"),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmax_psi = 0.2\n[canary.compare]\noutput = \"q\"", "canary.compare.output = \"q\""),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.check]\nsample_percent = 5.0", "[canary.check] is only used"),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmin_agreement = 0.9\n[canary.compare]\noutput = \"p\"\n[canary.check]\ntimeout_ms = 0", "canary.check.timeout_ms = 0"),
+            ("[[shadow]]\nversion = 2\n[shadow.compare]\nlog = \"some\"", "shadow.compare.log = \"some\""),
         ];
         for (text, want) in cases {
             let e = parse(text, &[1, 2], &["p".into()]).unwrap_err();

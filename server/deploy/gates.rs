@@ -7,13 +7,17 @@
 //! under, so they survive a restart until the file changes.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+
+use super::config::{CompareSpec, Deployment};
+use super::router::BASIS_POINTS;
+use super::shadow::ShadowArm;
 
 /// `[canary.gates]`, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +32,12 @@ pub struct GateSpec {
     pub max_p99_ms: Option<f64>,
     /// Largest canary p99 / stable p99.
     pub max_p99_ratio: Option<f64>,
+    /// Largest PSI of the canary's scores against stable's.
+    pub max_psi: Option<f64>,
+    /// Quantile bins of the PSI.
+    pub psi_bins: usize,
+    /// Smallest share of checked canary requests on which stable makes the same decision.
+    pub min_agreement: Option<f64>,
 }
 
 /// `canary.steps` with their conditions, validated.
@@ -86,8 +96,32 @@ pub struct Verdict {
 
 #[derive(Debug, Default)]
 struct Window {
-    /// (when, latency seconds, ok)
-    samples: VecDeque<(Instant, f64, bool)>,
+    /// (when, latency seconds, ok, score or NaN)
+    samples: VecDeque<(Instant, f64, bool, f64)>,
+}
+
+/// The gates' inputs: both arms' windows, and the agreement of checked canary requests.
+#[derive(Debug)]
+struct Windows {
+    stable: Window,
+    canary: Window,
+    /// (when, stable agreed with the canary's decision)
+    checks: VecDeque<(Instant, bool)>,
+    last_eval: Instant,
+}
+
+/// The gates' measured values at the last evaluation (for the admin API and metrics).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GateValues {
+    pub canary_requests: usize,
+    pub stable_requests: usize,
+    pub canary_error_rate: f64,
+    pub stable_error_rate: f64,
+    pub canary_p99_ms: Option<f64>,
+    pub stable_p99_ms: Option<f64>,
+    pub psi: Option<f64>,
+    pub checks: usize,
+    pub agreement: Option<f64>,
 }
 
 /// Samples kept per arm at most (the window is also bounded in time).
@@ -96,13 +130,14 @@ const MAX_SAMPLES: usize = 20_000;
 const EVAL_EVERY: Duration = Duration::from_millis(20);
 
 impl Window {
-    fn push(&mut self, at: Instant, latency: f64, ok: bool, window: Duration) {
-        self.samples.push_back((at, latency, ok));
+    fn push(&mut self, at: Instant, latency: f64, ok: bool, score: Option<f64>, window: Duration) {
+        self.samples
+            .push_back((at, latency, ok, score.unwrap_or(f64::NAN)));
         while self.samples.len() > MAX_SAMPLES
             || self
                 .samples
                 .front()
-                .is_some_and(|(t, _, _)| at.saturating_duration_since(*t) > window)
+                .is_some_and(|(t, ..)| at.saturating_duration_since(*t) > window)
         {
             self.samples.pop_front();
         }
@@ -110,7 +145,16 @@ impl Window {
 
     fn error_rate(&self) -> f64 {
         let n = self.samples.len().max(1) as f64;
-        self.samples.iter().filter(|(_, _, ok)| !ok).count() as f64 / n
+        self.samples.iter().filter(|(_, _, ok, _)| !ok).count() as f64 / n
+    }
+
+    /// The scores of the successful requests.
+    fn scores(&self) -> Vec<f64> {
+        self.samples
+            .iter()
+            .filter(|(_, _, ok, s)| *ok && s.is_finite())
+            .map(|(.., s)| *s)
+            .collect()
     }
 
     /// p99 latency of the successful requests, in milliseconds.
@@ -118,8 +162,8 @@ impl Window {
         let mut v: Vec<f64> = self
             .samples
             .iter()
-            .filter(|(_, _, ok)| *ok)
-            .map(|(_, l, _)| *l)
+            .filter(|(_, _, ok, _)| *ok)
+            .map(|(_, l, _, _)| *l)
             .collect();
         if v.is_empty() {
             return None;
@@ -130,12 +174,34 @@ impl Window {
     }
 }
 
-/// Judges the gates on two windows; the first breached gate, if any.
-fn judge(spec: &GateSpec, stable: &Window, canary: &Window, now_ms: f64) -> Option<Verdict> {
-    let (nc, ns) = (canary.samples.len(), stable.samples.len());
-    if nc < spec.min_requests {
-        return None;
+/// Measures every gate's value on the windows.
+fn measure(spec: &GateSpec, w: &Windows) -> GateValues {
+    let (canary_scores, stable_scores) = if spec.max_psi.is_some() {
+        (w.canary.scores(), w.stable.scores())
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let enough = |n: usize| n >= spec.min_requests;
+    let checks = w.checks.len();
+    GateValues {
+        canary_requests: w.canary.samples.len(),
+        stable_requests: w.stable.samples.len(),
+        canary_error_rate: w.canary.error_rate(),
+        stable_error_rate: w.stable.error_rate(),
+        canary_p99_ms: w.canary.p99_ms(),
+        stable_p99_ms: w.stable.p99_ms(),
+        psi: (enough(canary_scores.len()) && enough(stable_scores.len()))
+            .then(|| crate::deploy::psi::psi(&stable_scores, &canary_scores, spec.psi_bins))
+            .flatten(),
+        checks,
+        agreement: (checks > 0)
+            .then(|| w.checks.iter().filter(|(_, a)| *a).count() as f64 / checks as f64),
     }
+}
+
+/// Judges the gates on their measured values; the first breached gate, if any.
+fn judge(spec: &GateSpec, v: &GateValues, now_ms: f64) -> Option<Verdict> {
+    let (nc, ns) = (v.canary_requests, v.stable_requests);
     let verdict = |gate: &str, canary_value: f64, stable_value: Option<f64>, limit: f64| Verdict {
         gate: gate.to_string(),
         canary_value,
@@ -145,33 +211,52 @@ fn judge(spec: &GateSpec, stable: &Window, canary: &Window, now_ms: f64) -> Opti
         stable_requests: ns,
         time_ms: now_ms,
     };
+    // Agreement is judged on its own sample count: checks arrive apart from the windows.
+    if let (Some(limit), Some(a)) = (spec.min_agreement, v.agreement) {
+        if v.checks >= spec.min_requests && a < limit {
+            return Some(verdict("min_agreement", a, None, limit));
+        }
+    }
+    if nc < spec.min_requests {
+        return None;
+    }
     if let Some(limit) = spec.max_error_rate {
-        let e = canary.error_rate();
-        if e > limit {
+        if v.canary_error_rate > limit {
             return Some(verdict(
                 "max_error_rate",
-                e,
-                Some(stable.error_rate()),
+                v.canary_error_rate,
+                Some(v.stable_error_rate),
                 limit,
             ));
         }
     }
-    let cp = canary.p99_ms();
-    if let (Some(limit), Some(p)) = (spec.max_p99_ms, cp) {
+    if let (Some(limit), Some(p)) = (spec.max_p99_ms, v.canary_p99_ms) {
         if p > limit {
-            return Some(verdict("max_p99_ms", p, stable.p99_ms(), limit));
+            return Some(verdict("max_p99_ms", p, v.stable_p99_ms, limit));
         }
     }
-    if let (Some(limit), Some(p)) = (spec.max_p99_ratio, cp) {
+    if let (Some(limit), Some(p)) = (spec.max_p99_ratio, v.canary_p99_ms) {
         if ns >= spec.min_requests {
-            if let Some(s) = stable.p99_ms().filter(|s| *s > 0.0) {
+            if let Some(s) = v.stable_p99_ms.filter(|s| *s > 0.0) {
                 if p / s > limit {
                     return Some(verdict("max_p99_ratio", p / s, Some(s), limit));
                 }
             }
         }
     }
+    if let (Some(limit), Some(psi)) = (spec.max_psi, v.psi) {
+        if psi > limit {
+            return Some(verdict("max_psi", psi, None, limit));
+        }
+    }
     None
+}
+
+/// Every gate has had enough samples to be judged (a step may end only then).
+fn all_judged(spec: &GateSpec, v: &GateValues) -> bool {
+    v.canary_requests >= spec.min_requests
+        && (spec.max_psi.is_none() || v.psi.is_some())
+        && (spec.min_agreement.is_none() || v.checks >= spec.min_requests)
 }
 
 /// A step's progress.
@@ -181,6 +266,34 @@ struct Progress {
     step: usize,
     step_started: Instant,
     step_requests: usize,
+    /// A weight an operator set (basis points), in place of the step's or the file's.
+    override_bp: Option<u32>,
+}
+
+/// A rollout move: the status it moved to, with the breached gate's verdict for a rollback
+/// or pause by a gate.
+pub type Move = (Status, Option<Verdict>);
+
+/// The part of a rollout that outlives the process (see `deploy::control`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub status: Status,
+    pub step: usize,
+    pub verdict: Option<Verdict>,
+    #[serde(default)]
+    pub override_bp: Option<u32>,
+}
+
+/// An operator's action on a canary (admin API).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Action {
+    /// Canary weight in percent; with steps, the rollout is paused at that weight.
+    SetWeight(f64),
+    Promote,
+    Rollback,
+    Pause,
+    /// Back to `Serving` from a pause or rollback: windows restart, the step's weight applies.
+    Resume,
 }
 
 /// The rollout state of one model's canary.
@@ -190,96 +303,92 @@ pub struct CanaryMonitor {
     pub steps: Option<StepSpec>,
     pub on_failure: OnFailure,
     pub canary: i64,
-    windows: Mutex<(Window, Window, Instant)>,
+    /// The file's fixed weight (basis points), used without steps.
+    pub file_weight_bp: u32,
+    /// The canary's score (PSI gate), when `[canary.compare]` is given.
+    pub compare: Option<CompareSpec>,
+    /// Stable's re-runs of canary requests (agreement gate).
+    pub check: Option<Arc<ShadowArm>>,
+    windows: Mutex<Windows>,
     progress: Mutex<Progress>,
     /// Fast path for routing: the weight in effect (basis points) and whether promoted.
     live_weight: AtomicU32,
     live_promoted: AtomicBool,
-    uses_steps: bool,
     verdict: Mutex<Option<Verdict>>,
-    /// Where decisions are persisted, and the hash of the deployment they belong to.
-    state_file: Option<(PathBuf, u64)>,
-}
-
-/// What is stored in `<state dir>/<model>.json`.
-#[derive(Debug, Serialize, Deserialize)]
-struct Persisted {
-    deployment_hash: String,
-    canary: i64,
-    status: Status,
-    step: usize,
-    verdict: Option<Verdict>,
+    values: Mutex<Option<GateValues>>,
 }
 
 impl CanaryMonitor {
-    /// A monitor for `canary`; with `state`, a decision recorded in that directory under the
-    /// same deployment text is restored.
-    pub fn new(
-        gates: Option<GateSpec>,
-        steps: Option<StepSpec>,
-        on_failure: OnFailure,
-        canary: i64,
-        state: Option<(&Path, &str, &str)>,
-    ) -> Self {
-        let state_file = state.map(|(dir, model, text)| {
-            (
-                dir.join(format!("{model}.json")),
-                xxhash_rust::xxh3::xxh3_64(text.as_bytes()),
-            )
-        });
-        let restored: Option<Persisted> = state_file.as_ref().and_then(|(path, hash)| {
-            let p: Persisted = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-            (p.deployment_hash == format!("{hash:016x}") && p.canary == canary).then_some(p)
-        });
-        let n_steps = steps.as_ref().map_or(1, |s| s.weights.len());
-        let (status, step, verdict) = match restored {
-            Some(p) => (p.status, p.step.min(n_steps - 1), p.verdict),
-            None => (Status::Serving, 0, None),
+    /// A monitor for the canary of `d` (None without one), resuming from `restored`.
+    pub fn new(d: &Deployment, restored: Option<Snapshot>) -> Option<Self> {
+        let (canary, file_weight_bp) = d.canary?;
+        let n_steps = d.steps.as_ref().map_or(1, |s| s.weights.len());
+        let (status, step, verdict, override_bp) = match restored {
+            Some(p) => (p.status, p.step.min(n_steps - 1), p.verdict, p.override_bp),
+            None => (Status::Serving, 0, None, None),
         };
+        let now = Instant::now();
         let m = CanaryMonitor {
-            gates,
-            uses_steps: steps.is_some(),
-            steps,
-            on_failure,
+            gates: d.gates.clone(),
+            steps: d.steps.clone(),
+            on_failure: d.on_failure,
             canary,
-            windows: Mutex::new((Window::default(), Window::default(), Instant::now())),
+            file_weight_bp,
+            compare: d.canary_compare.clone(),
+            check: d.canary_check.clone().map(ShadowArm::check),
+            windows: Mutex::new(Windows {
+                stable: Window::default(),
+                canary: Window::default(),
+                checks: VecDeque::new(),
+                last_eval: now,
+            }),
             progress: Mutex::new(Progress {
                 status,
                 step,
-                step_started: Instant::now(),
+                step_started: now,
                 step_requests: 0,
+                override_bp,
             }),
             live_weight: AtomicU32::new(0),
             live_promoted: AtomicBool::new(false),
             verdict: Mutex::new(verdict),
-            state_file,
+            values: Mutex::new(None),
         };
-        m.publish(status, step);
-        m
+        m.publish(&m.progress.lock());
+        Some(m)
     }
 
-    /// Updates the routing fast path for `status` at `step`.
-    fn publish(&self, status: Status, step: usize) {
-        let step_weight = self
-            .steps
-            .as_ref()
-            .map_or(u32::MAX, |s| s.weights[step.min(s.weights.len() - 1)]);
-        let w = match status {
+    /// The weight (basis points) the canary takes at `progress`.
+    fn weight_at(&self, p: &Progress) -> u32 {
+        match p.status {
             Status::RolledBack => 0,
-            _ => step_weight,
-        };
-        self.live_weight.store(w, Ordering::SeqCst);
+            Status::Promoted => BASIS_POINTS,
+            _ => p.override_bp.unwrap_or_else(|| {
+                self.steps.as_ref().map_or(self.file_weight_bp, |s| {
+                    s.weights[p.step.min(s.weights.len() - 1)]
+                })
+            }),
+        }
+    }
+
+    /// Updates the routing fast path.
+    fn publish(&self, p: &Progress) {
+        self.live_weight.store(self.weight_at(p), Ordering::SeqCst);
         self.live_promoted
-            .store(status == Status::Promoted, Ordering::SeqCst);
+            .store(p.status == Status::Promoted, Ordering::SeqCst);
     }
 
     /// The routing in effect.
     pub fn live(&self) -> Live {
-        let w = self.live_weight.load(Ordering::SeqCst);
         Live {
-            weight_bp: (self.uses_steps || w == 0).then_some(w),
+            weight_bp: Some(self.live_weight.load(Ordering::SeqCst)),
             promoted: self.live_promoted.load(Ordering::SeqCst),
         }
+    }
+
+    /// The canary's weight in effect, percent.
+    pub fn weight_percent(&self) -> f64 {
+        f64::from(self.live_weight.load(Ordering::SeqCst)) / 100.0
     }
 
     /// The canary gets no traffic.
@@ -294,7 +403,7 @@ impl CanaryMonitor {
 
     /// The current step (0-based) when stepping.
     pub fn step(&self) -> Option<usize> {
-        self.uses_steps.then(|| self.progress.lock().step)
+        self.steps.as_ref().map(|_| self.progress.lock().step)
     }
 
     /// Why it was rolled back or paused.
@@ -302,15 +411,34 @@ impl CanaryMonitor {
         self.verdict.lock().clone()
     }
 
-    /// Records one routed request. Returns the status it moved the rollout to, with the
-    /// breached gate's verdict for a rollback or pause.
+    /// The gates' values at the last evaluation.
+    pub fn values(&self) -> Option<GateValues> {
+        self.values.lock().clone()
+    }
+
+    /// What survives a restart.
+    pub fn snapshot(&self) -> Snapshot {
+        let p = self.progress.lock();
+        Snapshot {
+            status: p.status,
+            step: p.step,
+            verdict: self.verdict(),
+            override_bp: p.override_bp,
+        }
+    }
+
+    /// Records one routed request (`score`: its compared score, when `compare` is set).
     pub fn record(
         &self,
         canary_arm: bool,
         latency: Duration,
         ok: bool,
+        score: Option<f64>,
         now_ms: f64,
-    ) -> Option<(Status, Option<Verdict>)> {
+    ) -> Option<Move> {
+        if self.gates.is_none() && self.steps.is_none() {
+            return None;
+        }
         let now = Instant::now();
         let mut progress = self.progress.lock();
         if matches!(progress.status, Status::RolledBack | Status::Promoted) {
@@ -319,33 +447,68 @@ impl CanaryMonitor {
         if canary_arm {
             progress.step_requests += 1;
         }
-        let judged;
-        let breach = {
-            let mut w = self.windows.lock();
-            let (stable, canary, last) = &mut *w;
-            let window = self
-                .gates
-                .as_ref()
-                .map_or(Duration::from_secs(60), |g| g.window);
-            let target = if canary_arm {
-                &mut *canary
-            } else {
-                &mut *stable
-            };
-            target.push(now, latency.as_secs_f64(), ok, window);
-            let due = now.saturating_duration_since(*last) >= EVAL_EVERY || (canary_arm && !ok);
-            if !due {
-                return None;
+        let mut w = self.windows.lock();
+        let window = self.window();
+        let target = if canary_arm {
+            &mut w.canary
+        } else {
+            &mut w.stable
+        };
+        target.push(now, latency.as_secs_f64(), ok, score, window);
+        let due = now.saturating_duration_since(w.last_eval) >= EVAL_EVERY || (canary_arm && !ok);
+        if !due {
+            return None;
+        }
+        self.evaluate(&mut progress, &mut w, now, now_ms)
+    }
+
+    /// Records whether stable made the canary's decision on a checked canary request.
+    pub fn record_check(&self, agree: bool, now_ms: f64) -> Option<Move> {
+        let now = Instant::now();
+        let mut progress = self.progress.lock();
+        if matches!(progress.status, Status::RolledBack | Status::Promoted) {
+            return None;
+        }
+        let mut w = self.windows.lock();
+        let window = self.window();
+        w.checks.push_back((now, agree));
+        while w.checks.len() > MAX_SAMPLES
+            || w.checks
+                .front()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > window)
+        {
+            w.checks.pop_front();
+        }
+        let due = now.saturating_duration_since(w.last_eval) >= EVAL_EVERY || !agree;
+        if !due {
+            return None;
+        }
+        self.evaluate(&mut progress, &mut w, now, now_ms)
+    }
+
+    fn window(&self) -> Duration {
+        self.gates
+            .as_ref()
+            .map_or(Duration::from_secs(60), |g| g.window)
+    }
+
+    /// Judges the gates, then moves the step on if everything held long enough.
+    fn evaluate(
+        &self,
+        progress: &mut Progress,
+        w: &mut Windows,
+        now: Instant,
+        now_ms: f64,
+    ) -> Option<Move> {
+        w.last_eval = now;
+        let (breach, judged) = match &self.gates {
+            Some(g) => {
+                let values = measure(g, w);
+                let out = (judge(g, &values, now_ms), all_judged(g, &values));
+                *self.values.lock() = Some(values);
+                out
             }
-            *last = now;
-            // A step ends only once its gates have been judged on enough canary requests.
-            judged = self
-                .gates
-                .as_ref()
-                .is_none_or(|g| canary.samples.len() >= g.min_requests);
-            self.gates
-                .as_ref()
-                .and_then(|g| judge(g, stable, canary, now_ms))
+            None => (None, true),
         };
         if let Some(v) = breach {
             if progress.status == Status::Paused {
@@ -357,8 +520,7 @@ impl CanaryMonitor {
             };
             progress.status = status;
             *self.verdict.lock() = Some(v.clone());
-            self.publish(status, progress.step);
-            self.persist(status, progress.step, Some(&v));
+            self.publish(progress);
             return Some((status, Some(v)));
         }
         // Every gate holds: the step may end.
@@ -379,31 +541,45 @@ impl CanaryMonitor {
             Status::Serving
         };
         progress.status = status;
-        self.publish(status, progress.step);
-        self.persist(status, progress.step, None);
+        self.publish(progress);
         Some((status, None))
     }
 
-    fn persist(&self, status: Status, step: usize, verdict: Option<&Verdict>) {
-        let Some((path, hash)) = &self.state_file else {
-            return;
-        };
-        let p = Persisted {
-            deployment_hash: format!("{hash:016x}"),
-            canary: self.canary,
-            status,
-            step,
-            verdict: verdict.cloned(),
-        };
-        let tmp = path.with_extension("json.tmp");
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let written = std::fs::create_dir_all(&dir)
-            .and_then(|()| serde_json::to_vec_pretty(&p).map_err(std::io::Error::other))
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            tracing::error!(error = %e, path = %path.display(), "cannot persist the canary decision");
+    /// Carries out an operator's action; the status it leaves, or why it cannot be done.
+    pub fn act(&self, action: Action) -> Result<Status, String> {
+        let mut p = self.progress.lock();
+        match action {
+            Action::SetWeight(pct) => {
+                if !(0.0..=100.0).contains(&pct) {
+                    return Err(format!("weight {pct}: must be a percent from 0 to 100"));
+                }
+                p.override_bp = Some((pct * 100.0).round() as u32);
+                p.status = if self.steps.is_some() {
+                    Status::Paused
+                } else {
+                    Status::Serving
+                };
+            }
+            Action::Promote => p.status = Status::Promoted,
+            Action::Rollback => p.status = Status::RolledBack,
+            Action::Pause => match p.status {
+                Status::Serving | Status::Paused => p.status = Status::Paused,
+                s => return Err(format!("the canary is {s:?}: only a serving canary pauses")),
+            },
+            Action::Resume => {
+                p.status = Status::Serving;
+                p.override_bp = None;
+                p.step_started = Instant::now();
+                p.step_requests = 0;
+                *self.verdict.lock() = None;
+                let mut w = self.windows.lock();
+                w.stable = Window::default();
+                w.canary = Window::default();
+                w.checks.clear();
+            }
         }
+        self.publish(&p);
+        Ok(p.status)
     }
 }
 
@@ -418,29 +594,41 @@ mod tests {
             max_error_rate: Some(0.1),
             max_p99_ms: Some(50.0),
             max_p99_ratio: Some(3.0),
+            max_psi: None,
+            psi_bins: 10,
+            min_agreement: None,
         }
     }
 
+    fn monitor(gates: GateSpec, steps: Option<StepSpec>, on_failure: OnFailure) -> CanaryMonitor {
+        let d = Deployment {
+            stable: Some(1),
+            canary: Some((2, 1_000)),
+            gates: Some(gates),
+            steps,
+            on_failure,
+            ..Default::default()
+        };
+        CanaryMonitor::new(&d, None).unwrap()
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
     fn error_rate_gate_needs_min_requests() {
-        let m = CanaryMonitor::new(Some(spec()), None, OnFailure::Rollback, 2, None);
+        let m = monitor(spec(), None, OnFailure::Rollback);
+        assert_eq!(m.live().weight_bp, Some(1_000));
         for _ in 0..19 {
-            assert!(m
-                .record(true, Duration::from_millis(1), false, 0.0)
-                .is_none());
+            assert!(m.record(true, MS, false, None, 0.0).is_none());
         }
-        let (status, v) = m
-            .record(true, Duration::from_millis(1), false, 0.0)
-            .unwrap();
+        let (status, v) = m.record(true, MS, false, None, 0.0).unwrap();
         assert_eq!(status, Status::RolledBack);
         let v = v.unwrap();
         assert_eq!(v.gate, "max_error_rate");
         assert_eq!(m.live().weight_bp, Some(0));
         assert_eq!(v.canary_requests, 20);
         assert!(m.rolled_back());
-        assert!(m
-            .record(true, Duration::from_millis(1), false, 0.0)
-            .is_none());
+        assert!(m.record(true, MS, false, None, 0.0).is_none());
     }
 
     #[test]
@@ -450,7 +638,7 @@ mod tests {
             min_duration: Duration::ZERO,
             min_requests: 5,
         };
-        let m = CanaryMonitor::new(Some(spec()), Some(steps), OnFailure::Rollback, 2, None);
+        let m = monitor(spec(), Some(steps), OnFailure::Rollback);
         assert_eq!(
             m.live(),
             Live {
@@ -460,8 +648,8 @@ mod tests {
         );
         let mut moves = Vec::new();
         for _ in 0..200 {
-            std::thread::sleep(Duration::from_millis(1));
-            if let Some((s, _)) = m.record(true, Duration::from_millis(1), true, 0.0) {
+            std::thread::sleep(MS);
+            if let Some((s, _)) = m.record(true, MS, true, None, 0.0) {
                 moves.push((s, m.step()));
             }
             if m.status() == Status::Promoted {
@@ -486,72 +674,125 @@ mod tests {
             min_duration: Duration::ZERO,
             min_requests: 1,
         };
-        let m = CanaryMonitor::new(Some(spec()), Some(steps), OnFailure::Pause, 2, None);
+        let m = monitor(spec(), Some(steps), OnFailure::Pause);
         for _ in 0..20 {
-            m.record(true, Duration::from_millis(1), false, 0.0);
+            m.record(true, MS, false, None, 0.0);
         }
         assert_eq!(m.status(), Status::Paused);
-        assert_eq!(
-            m.live(),
-            Live {
-                weight_bp: Some(1_000),
-                promoted: false
-            }
-        );
+        assert_eq!(m.live().weight_bp, Some(1_000));
         for _ in 0..50 {
-            std::thread::sleep(Duration::from_millis(1));
-            assert!(m
-                .record(true, Duration::from_millis(1), true, 0.0)
-                .is_none());
+            std::thread::sleep(MS);
+            assert!(m.record(true, MS, true, None, 0.0).is_none());
         }
         assert_eq!(m.step(), Some(0));
+        // An operator resumes: the step runs again with fresh windows.
+        assert_eq!(m.act(Action::Resume), Ok(Status::Serving));
+        assert!(m.verdict().is_none());
+    }
+
+    fn windows() -> Windows {
+        Windows {
+            stable: Window::default(),
+            canary: Window::default(),
+            checks: VecDeque::new(),
+            last_eval: Instant::now(),
+        }
     }
 
     #[test]
     fn latency_gates() {
-        let mut stable = Window::default();
-        let mut canary = Window::default();
+        let mut w = windows();
         let now = Instant::now();
+        let window = Duration::from_secs(60);
         for _ in 0..100 {
-            stable.push(now, 0.002, true, Duration::from_secs(60));
-            canary.push(now, 0.010, true, Duration::from_secs(60));
+            w.stable.push(now, 0.002, true, None, window);
+            w.canary.push(now, 0.010, true, None, window);
         }
-        let v = judge(&spec(), &stable, &canary, 0.0).unwrap();
+        let v = judge(&spec(), &measure(&spec(), &w), 0.0).unwrap();
         assert_eq!(v.gate, "max_p99_ratio");
         assert!((v.canary_value - 5.0).abs() < 1e-9);
         let mut ok = spec();
         ok.max_p99_ratio = Some(6.0);
-        assert!(judge(&ok, &stable, &canary, 0.0).is_none());
+        assert!(judge(&ok, &measure(&ok, &w), 0.0).is_none());
         ok.max_p99_ms = Some(5.0);
         assert_eq!(
-            judge(&ok, &stable, &canary, 0.0).unwrap().gate,
+            judge(&ok, &measure(&ok, &w), 0.0).unwrap().gate,
             "max_p99_ms"
         );
     }
 
     #[test]
-    fn decisions_persist_for_the_same_deployment_only() {
-        let d = tempfile::tempdir().unwrap();
-        let new = |canary, text| {
-            CanaryMonitor::new(
-                Some(spec()),
-                None,
-                OnFailure::Rollback,
-                canary,
-                Some((d.path(), "m", text)),
-            )
-        };
-        let m = new(2, "text-a");
-        for _ in 0..20 {
-            m.record(true, Duration::from_millis(1), false, 0.0);
+    fn psi_gate_compares_score_distributions() {
+        let mut g = spec();
+        g.max_psi = Some(0.25);
+        let mut w = windows();
+        let now = Instant::now();
+        let window = Duration::from_secs(60);
+        for i in 0..200 {
+            let x = f64::from(i) / 200.0;
+            w.stable.push(now, 0.002, true, Some(x), window);
+            w.canary.push(now, 0.002, true, Some(x * 0.98), window);
         }
-        assert!(m.rolled_back());
-        let again = new(2, "text-a");
-        assert!(again.rolled_back());
-        assert_eq!(again.verdict().unwrap().gate, "max_error_rate");
-        let changed = new(2, "text-b");
-        assert!(!changed.rolled_back());
-        let other_canary = new(3, "text-a");
-        assert!(!other_canary.rolled_back());
+        let same = measure(&g, &w);
+        assert!(same.psi.unwrap() < 0.05, "{:?}", same.psi);
+        assert!(judge(&g, &same, 0.0).is_none());
+        assert!(all_judged(&g, &same));
+        let mut shifted = windows();
+        for i in 0..200 {
+            let x = f64::from(i) / 200.0;
+            shifted.stable.push(now, 0.002, true, Some(x), window);
+            shifted
+                .canary
+                .push(now, 0.002, true, Some(0.5 + x / 2.0), window);
+        }
+        let v = judge(&g, &measure(&g, &shifted), 0.0).unwrap();
+        assert_eq!(v.gate, "max_psi");
+        assert!(v.canary_value > 0.25);
+    }
+
+    #[test]
+    fn agreement_gate_counts_checks() {
+        let mut g = spec();
+        g.min_agreement = Some(0.9);
+        let m = monitor(g, None, OnFailure::Rollback);
+        // 19 checks, all disagreeing: below min_requests, nothing judged.
+        for _ in 0..19 {
+            assert!(m.record_check(false, 0.0).is_none());
+        }
+        let (status, v) = m.record_check(false, 0.0).unwrap();
+        assert_eq!(status, Status::RolledBack);
+        assert_eq!(v.unwrap().gate, "min_agreement");
+        let mut g = spec();
+        g.min_agreement = Some(0.9);
+        let fine = monitor(g, None, OnFailure::Rollback);
+        for i in 0..100 {
+            assert!(fine.record_check(i % 20 != 0, 0.0).is_none());
+        }
+    }
+
+    #[test]
+    fn operator_weight_overrides_the_step_and_pauses() {
+        let steps = StepSpec {
+            weights: vec![100, 10_000],
+            min_duration: Duration::ZERO,
+            min_requests: 1,
+        };
+        let m = monitor(spec(), Some(steps), OnFailure::Rollback);
+        assert_eq!(m.act(Action::SetWeight(25.0)), Ok(Status::Paused));
+        assert_eq!(m.live().weight_bp, Some(2_500));
+        assert!(m.act(Action::SetWeight(101.0)).is_err());
+        assert_eq!(m.act(Action::Resume), Ok(Status::Serving));
+        assert_eq!(m.live().weight_bp, Some(100));
+        assert_eq!(m.act(Action::Rollback), Ok(Status::RolledBack));
+        assert_eq!(m.live().weight_bp, Some(0));
+        let snap = m.snapshot();
+        assert_eq!(snap.status, Status::RolledBack);
+        let d = Deployment {
+            stable: Some(1),
+            canary: Some((2, 1_000)),
+            ..Default::default()
+        };
+        let restored = CanaryMonitor::new(&d, Some(snap)).unwrap();
+        assert!(restored.rolled_back());
     }
 }

@@ -4,6 +4,7 @@
 //! routing and shadowing (but not the kill switch).
 
 pub mod config;
+pub mod control;
 pub mod gates;
 pub mod psi;
 pub mod router;

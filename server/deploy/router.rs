@@ -34,19 +34,26 @@ pub fn seq_bucket(seq: u64) -> u32 {
     (xxh3_64(&seq.to_le_bytes()) % u64::from(BASIS_POINTS)) as u32
 }
 
-/// Routes one unversioned request. `live` is the rollout's state (step weight, rollback,
-/// promotion) when the canary has steps or gates.
-pub fn pick(d: &Deployment, model: &str, key: Option<&str>, seq: u64, live: Option<Live>) -> Pick {
+/// Routes one unversioned request. `live` is the rollout's state (weight in effect, rollback,
+/// promotion); `killed` says which versions are switched off now.
+pub fn pick(
+    d: &Deployment,
+    model: &str,
+    key: Option<&str>,
+    seq: u64,
+    live: Option<Live>,
+    killed: impl Fn(i64) -> bool,
+) -> Pick {
     if let Some((canary, file_weight)) = d.canary {
         let live = live.unwrap_or(Live {
             weight_bp: None,
             promoted: false,
         });
-        if live.promoted && !d.killed.contains(&canary) {
+        if live.promoted && !killed(canary) {
             return Pick::Version(canary);
         }
         let weight = live.weight_bp.unwrap_or(file_weight);
-        if weight > 0 && !d.killed.contains(&canary) {
+        if weight > 0 && !killed(canary) {
             let bucket = match key {
                 Some(k) => key_bucket(model, k),
                 None => seq_bucket(seq),
@@ -76,12 +83,14 @@ mod tests {
         let d = canary(2_000);
         let n = 100_000;
         let to_canary = (0..n)
-            .filter(|s| pick(&d, "m", None, *s, None) == Pick::Version(2))
+            .filter(|s| pick(&d, "m", None, *s, None, |_| false) == Pick::Version(2))
             .count();
         let share = to_canary as f64 / n as f64;
         assert!((share - 0.2).abs() < 0.01, "{share}");
         let keyed = (0..n)
-            .filter(|k| pick(&d, "m", Some(&format!("user-{k}")), 0, None) == Pick::Version(2))
+            .filter(|k| {
+                pick(&d, "m", Some(&format!("user-{k}")), 0, None, |_| false) == Pick::Version(2)
+            })
             .count();
         assert!(((keyed as f64 / n as f64) - 0.2).abs() < 0.01);
     }
@@ -91,15 +100,15 @@ mod tests {
         // Same key, same answer, whatever the request sequence number.
         let d = canary(5_000);
         for k in ["alice", "bob", "carol"] {
-            let first = pick(&d, "m", Some(k), 0, None);
-            assert!((1..100).all(|s| pick(&d, "m", Some(k), s, None) == first));
+            let first = pick(&d, "m", Some(k), 0, None, |_| false);
+            assert!((1..100).all(|s| pick(&d, "m", Some(k), s, None, |_| false) == first));
         }
         // Raising the weight only moves users from stable to canary, never back.
         for k in 0..1000 {
             let key = format!("u{k}");
-            if pick(&canary(500), "m", Some(&key), 0, None) == Pick::Version(2) {
+            if pick(&canary(500), "m", Some(&key), 0, None, |_| false) == Pick::Version(2) {
                 assert_eq!(
-                    pick(&canary(2_000), "m", Some(&key), 0, None),
+                    pick(&canary(2_000), "m", Some(&key), 0, None, |_| false),
                     Pick::Version(2)
                 );
             }
@@ -111,28 +120,32 @@ mod tests {
 
     #[test]
     fn killed_canary_and_defaults() {
-        let mut d = canary(10_000);
-        assert_eq!(pick(&d, "m", None, 7, None), Pick::Version(2));
-        d.killed.insert(2);
-        assert_eq!(pick(&d, "m", None, 7, None), Pick::Version(1));
-        d.killed.clear();
+        let d = canary(10_000);
+        assert_eq!(pick(&d, "m", None, 7, None, |_| false), Pick::Version(2));
+        assert_eq!(pick(&d, "m", None, 7, None, |v| v == 2), Pick::Version(1));
         let off = Live {
             weight_bp: Some(0),
             promoted: false,
         };
-        assert_eq!(pick(&d, "m", None, 7, Some(off)), Pick::Version(1));
+        assert_eq!(
+            pick(&d, "m", None, 7, Some(off), |_| false),
+            Pick::Version(1)
+        );
         let promoted = Live {
             weight_bp: Some(100),
             promoted: true,
         };
         assert_eq!(
-            pick(&canary(0), "m", None, 7, Some(promoted)),
+            pick(&canary(0), "m", None, 7, Some(promoted), |_| false),
             Pick::Version(2)
         );
         assert_eq!(
-            pick(&Deployment::default(), "m", None, 0, None),
+            pick(&Deployment::default(), "m", None, 0, None, |_| false),
             Pick::Highest
         );
-        assert_eq!(pick(&canary(0), "m", None, 3, None), Pick::Version(1));
+        assert_eq!(
+            pick(&canary(0), "m", None, 3, None, |_| false),
+            Pick::Version(1)
+        );
     }
 }

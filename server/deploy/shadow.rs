@@ -4,6 +4,7 @@
 //! delaying, failing or queueing the primary. Every compared pair is scored (`compare`);
 //! diverging pairs are written to the divergence log.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,9 +23,19 @@ use crate::tensor::{element_count, split_bytes_elements, DataType, Tensor};
 #[derive(Debug)]
 pub struct ShadowArm {
     pub spec: ShadowSpec,
+    /// "shadow" for a `[[shadow]]`; "canary_check" for stable re-running canary requests.
+    pub kind: &'static str,
     in_flight: AtomicUsize,
     seq: AtomicU64,
+    compared: AtomicU64,
+    /// Recent (primary score, shadow score) pairs, for the PSI metric.
+    scores: Mutex<VecDeque<(f64, f64)>>,
 }
+
+/// Score pairs kept per arm for the PSI metric.
+const PSI_PAIRS: usize = 5_000;
+/// The PSI metric is recomputed every this many compared pairs.
+const PSI_EVERY: usize = 200;
 
 /// A shadow slot: holding one counts against `max_in_flight` until dropped.
 #[derive(Debug)]
@@ -47,11 +58,43 @@ pub enum Skip {
 
 impl ShadowArm {
     pub fn new(spec: ShadowSpec) -> Arc<Self> {
+        Self::with_kind(spec, "shadow")
+    }
+
+    /// The stable version's re-runs of canary requests (`[canary.check]`).
+    pub fn check(spec: ShadowSpec) -> Arc<Self> {
+        Self::with_kind(spec, "canary_check")
+    }
+
+    fn with_kind(spec: ShadowSpec, kind: &'static str) -> Arc<Self> {
         Arc::new(ShadowArm {
             spec,
+            kind,
             in_flight: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
+            compared: AtomicU64::new(0),
+            scores: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// Keeps a compared pair's scores; every `PSI_EVERY` pairs, the PSI of the shadow's
+    /// recent scores against the primary's.
+    pub fn add_scores(&self, primary: Option<f64>, shadow: Option<f64>) -> Option<f64> {
+        let (Some(p), Some(s)) = (primary, shadow) else {
+            return None;
+        };
+        let mut q = self.scores.lock();
+        q.push_back((p, s));
+        if q.len() > PSI_PAIRS {
+            q.pop_front();
+        }
+        let n = self.compared.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % PSI_EVERY as u64 != 0 {
+            return None;
+        }
+        let (a, b): (Vec<f64>, Vec<f64>) = q.iter().copied().unzip();
+        drop(q);
+        crate::deploy::psi::psi(&a, &b, crate::deploy::psi::DEFAULT_BINS)
     }
 
     /// Decides whether this request is shadowed, and takes an in-flight slot if it is.
@@ -142,7 +185,8 @@ fn is_float(d: DataType) -> bool {
     )
 }
 
-fn decision(resp: &InferResponse, spec: &CompareSpec) -> Decision {
+/// The score (and decision) of one answer under `spec`.
+pub fn decision(resp: &InferResponse, spec: &CompareSpec) -> Decision {
     let tensor = match &spec.output {
         Some(name) => resp.outputs.iter().find(|o| &o.name == name),
         None => resp.outputs.first(),
@@ -251,27 +295,38 @@ pub struct DivergenceRecord<'a> {
 
 /// The divergence log: JSON lines in `<dir>/divergence.jsonl`, rotated by size
 /// (`divergence.jsonl.1` is the newest rotated file). The directory comes from the server's
-/// flags only, never from a request or a model's files.
+/// flags only, never from a request or a model's files. Lines are written by one thread off
+/// the request path; when it falls `LOG_QUEUE` lines behind, lines are dropped and counted
+/// (`switchyard_shadow_log_dropped_total`).
 #[derive(Debug)]
 pub struct DivergenceLog {
-    path: PathBuf,
-    max_bytes: u64,
-    keep: usize,
-    file: Mutex<Option<(std::fs::File, u64)>>,
+    tx: Option<crossbeam_channel::Sender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<()>>,
 }
+
+/// Lines waiting for the log's writer at most.
+pub const LOG_QUEUE: usize = 16_384;
 
 impl DivergenceLog {
     pub fn new(dir: &Path, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(DivergenceLog {
+        let writer = LogWriter {
             path: dir.join("divergence.jsonl"),
             max_bytes: max_bytes.max(1024),
             keep: keep.max(1),
-            file: Mutex::new(None),
+            file: None,
+        };
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(LOG_QUEUE);
+        let worker = std::thread::Builder::new()
+            .name("divergence-log".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(DivergenceLog {
+            tx: Some(tx),
+            worker: Some(worker),
         })
     }
 
-    /// Appends one record; errors are logged, never returned to a request.
+    /// Queues one record; never blocks, and errors are logged, never returned to a request.
     pub fn write(&self, record: &DivergenceRecord<'_>) {
         let mut line = match serde_json::to_vec(record) {
             Ok(l) => l,
@@ -281,30 +336,77 @@ impl DivergenceLog {
             }
         };
         line.push(b'\n');
-        let mut guard = self.file.lock();
-        if let Err(e) = self.append(&mut guard, &line) {
-            tracing::warn!(error = %e, path = %self.path.display(), "cannot write the divergence log");
-            *guard = None;
+        if let Some(tx) = &self.tx {
+            if tx.try_send(line).is_err() {
+                metrics::counter!("switchyard_shadow_log_dropped_total").increment(1);
+            }
+        }
+    }
+}
+
+impl Drop for DivergenceLog {
+    /// Writes what is queued, then stops the writer.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The writer thread's side of the log.
+struct LogWriter {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+    /// The open file and its length.
+    file: Option<(std::io::BufWriter<std::fs::File>, u64)>,
+}
+
+impl LogWriter {
+    /// Writes lines as they come, flushing whenever the queue runs empty.
+    fn run(mut self, rx: crossbeam_channel::Receiver<Vec<u8>>) {
+        while let Ok(line) = rx.recv() {
+            self.write(&line);
+            while let Ok(line) = rx.try_recv() {
+                self.write(&line);
+            }
+            if let Some((f, _)) = self.file.as_mut() {
+                if let Err(e) = f.flush() {
+                    tracing::warn!(error = %e, path = %self.path.display(), "cannot write the divergence log");
+                    self.file = None;
+                }
+            }
         }
     }
 
-    fn append(&self, guard: &mut Option<(std::fs::File, u64)>, line: &[u8]) -> std::io::Result<()> {
-        if guard
+    fn write(&mut self, line: &[u8]) {
+        if let Err(e) = self.append(line) {
+            tracing::warn!(error = %e, path = %self.path.display(), "cannot write the divergence log");
+            self.file = None;
+        }
+    }
+
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self
+            .file
             .as_ref()
             .is_some_and(|(_, len)| len + line.len() as u64 > self.max_bytes)
         {
-            *guard = None;
+            if let Some((mut f, _)) = self.file.take() {
+                f.flush()?;
+            }
             self.rotate()?;
         }
-        if guard.is_none() {
+        if self.file.is_none() {
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&self.path)?;
             let len = f.metadata()?.len();
-            *guard = Some((f, len));
+            self.file = Some((std::io::BufWriter::new(f), len));
         }
-        if let Some((f, len)) = guard.as_mut() {
+        if let Some((f, len)) = self.file.as_mut() {
             f.write_all(line)?;
             *len += line.len() as u64;
         }
@@ -387,6 +489,7 @@ mod tests {
             threshold,
             abs_tolerance: 1e-6,
             rel_tolerance: 1e-4,
+            log_all: false,
         }
     }
 
@@ -465,6 +568,7 @@ mod tests {
         for _ in 0..40 {
             log.write(&r);
         }
+        drop(log); // writes what is queued
         assert!(d.path().join("divergence.jsonl").exists());
         assert!(d.path().join("divergence.jsonl.1").exists());
         assert!(d.path().join("divergence.jsonl.2").exists());

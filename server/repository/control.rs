@@ -430,11 +430,11 @@ impl ModelRepository {
             .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
             .map(|(v, _)| *v)
             .collect();
-        let (deployment, shadow_arms, canary_monitor) = if new.deployment == old_source.deployment {
+        let (deployment, shadow_arms, control) = if new.deployment == old_source.deployment {
             (
                 old.deployment.clone(),
                 old.shadow_arms.clone(),
-                old.canary_monitor.clone(),
+                old.control.clone(),
             )
         } else {
             let outputs: Vec<String> = old
@@ -443,7 +443,7 @@ impl ModelRepository {
                 .flat_map(|c| c.output.iter().map(|o| o.name.clone()))
                 .collect();
             match load::read_routing(name, dir, &loaded, &outputs, &self.options) {
-                Ok(r) => (r.deployment, r.shadow_arms, r.canary_monitor),
+                Ok(r) => (r.deployment, r.shadow_arms, r.control),
                 Err(e) => {
                     let reason = format!("failed to load '{name}': {e}");
                     let kept = old.kept_after_failure(reason.clone());
@@ -480,7 +480,7 @@ impl ModelRepository {
             source: Some(new),
             deployment,
             shadow_arms,
-            canary_monitor,
+            control,
             route_seq: Default::default(),
         };
         self.models

@@ -11,7 +11,7 @@ use super::schedule::scheduler_config;
 use super::warmup;
 use super::{Instances, ModelEntry, ModelVersion, VersionState};
 use crate::config::LoadOptions;
-use crate::deploy::gates::CanaryMonitor;
+use crate::deploy::control::Control;
 use crate::deploy::shadow::ShadowArm;
 use crate::deploy::{self, Deployment};
 use crate::executor::instance::{spawn_instance, Fault};
@@ -302,7 +302,7 @@ fn load_versions(
         override_dir: None,
         source: None,
         shadow_arms: routing.shadow_arms,
-        canary_monitor: routing.canary_monitor,
+        control: routing.control,
         deployment: routing.deployment,
         route_seq: Default::default(),
     }
@@ -314,7 +314,7 @@ fn load_versions(
 pub struct Routing {
     pub deployment: Option<Arc<Deployment>>,
     pub shadow_arms: Vec<Arc<ShadowArm>>,
-    pub canary_monitor: Option<Arc<CanaryMonitor>>,
+    pub control: Option<Arc<Control>>,
 }
 
 /// Reads `deployment.toml` (once) if the model directory has one, validates it against the
@@ -335,37 +335,14 @@ pub fn read_routing(
     let d = deploy::config::parse(&text, loaded, outputs)?;
     Ok(Routing {
         shadow_arms: d.shadows.iter().cloned().map(ShadowArm::new).collect(),
-        canary_monitor: monitor_of(name, &d, &text, options),
+        control: Some(Arc::new(Control::new(
+            name,
+            &d,
+            &text,
+            options.deployment_state_dir.as_deref(),
+        ))),
         deployment: Some(Arc::new(d)),
     })
-}
-
-/// The canary rollout monitor of `d` (when its canary has gates or steps).
-fn monitor_of(
-    name: &str,
-    d: &Deployment,
-    text: &str,
-    options: &LoadOptions,
-) -> Option<Arc<CanaryMonitor>> {
-    let (canary, _) = d.canary?;
-    if d.gates.is_none() && d.steps.is_none() {
-        return None;
-    }
-    let state = options
-        .deployment_state_dir
-        .as_deref()
-        .map(|dir| (dir, name, text));
-    let m = CanaryMonitor::new(
-        d.gates.clone(),
-        d.steps.clone(),
-        d.on_failure,
-        canary,
-        state,
-    );
-    if m.status() != crate::deploy::gates::Status::Serving || m.step().is_some_and(|s| s > 0) {
-        tracing::warn!(model = name, canary, status = ?m.status(), step = ?m.step(), "canary decision restored from --deployment-state-dir");
-    }
-    Some(Arc::new(m))
 }
 
 /// Where one version's files are, and how its engines are made.

@@ -34,6 +34,7 @@ pub use autocomplete::DEFAULT_MAX_BATCH_SIZE;
 pub use control::{ControlMode, LoadRequest};
 pub use paths::validate_model_name;
 
+use crate::deploy::control::Control;
 use crate::deploy::gates::CanaryMonitor;
 use crate::deploy::router::{pick, Pick};
 use crate::deploy::shadow::ShadowArm;
@@ -66,8 +67,9 @@ impl Arm {
 pub struct Resolved {
     pub version: Arc<ModelVersion>,
     pub arm: Arm,
-    /// The canary gates to feed with this request's outcome (routed requests only).
-    pub monitor: Option<Arc<CanaryMonitor>>,
+    /// The canary gates to feed with this request's outcome (routed requests only), and the
+    /// control that records their decisions.
+    pub monitor: Option<(Arc<CanaryMonitor>, Arc<Control>)>,
     /// (arm, its READY version), only for routed (unversioned) requests.
     pub shadows: Vec<(Arc<ShadowArm>, Arc<ModelVersion>)>,
 }
@@ -159,7 +161,7 @@ pub struct ModelEntry {
     /// Runtime state of each `[[shadow]]` of `deployment`.
     pub shadow_arms: Vec<Arc<ShadowArm>>,
     /// The canary's gates and rollback state, when `deployment` has gates.
-    pub canary_monitor: Option<Arc<CanaryMonitor>>,
+    pub control: Option<Arc<Control>>,
     /// Unversioned requests routed so far (the split of requests without a sticky key).
     pub route_seq: std::sync::atomic::AtomicU64,
 }
@@ -181,7 +183,7 @@ impl ModelEntry {
             source: None,
             deployment: None,
             shadow_arms: Vec::new(),
-            canary_monitor: None,
+            control: None,
             route_seq: Default::default(),
         }
     }
@@ -199,7 +201,7 @@ impl ModelEntry {
             source: self.source.clone(),
             deployment: self.deployment.clone(),
             shadow_arms: self.shadow_arms.clone(),
-            canary_monitor: self.canary_monitor.clone(),
+            control: self.control.clone(),
             route_seq: Default::default(),
         }
     }
@@ -404,9 +406,11 @@ impl ModelRepository {
         let Some(d) = entry.deployment.as_ref() else {
             return self.get(name, version).map(direct);
         };
+        let control = entry.control.as_ref();
+        let killed = |v: i64| control.map_or(d.killed.contains(&v), |c| c.is_killed(v));
         if !(version.is_empty() || version == "-1") {
             let m = self.get(name, version)?;
-            if d.killed.contains(&m.spec.version) {
+            if killed(m.spec.version) {
                 return Err(InferError::Unavailable(format!(
                     "version {} of model '{name}' is switched off (kill switch in deployment.toml)",
                     m.spec.version
@@ -422,8 +426,9 @@ impl ModelRepository {
             Some(VersionState::Ready(m)) => Some(m.clone()),
             _ => None,
         };
-        let live = entry.canary_monitor.as_ref().map(|m| m.live());
-        let picked = pick(d, name, key.as_deref(), seq, live);
+        let monitor = control.and_then(|c| c.monitor.clone().map(|m| (m, c.clone())));
+        let live = monitor.as_ref().map(|(m, _)| m.live());
+        let picked = pick(d, name, key.as_deref(), seq, live, killed);
         let arm = match picked {
             Pick::Version(v) if d.canary.is_some_and(|(c, _)| c == v) => Arm::Canary,
             _ => Arm::Stable,
@@ -438,7 +443,7 @@ impl ModelRepository {
                 .versions
                 .iter()
                 .rev()
-                .filter(|(v, _)| !d.killed.contains(v))
+                .filter(|(v, _)| !killed(**v))
                 .find_map(|(_, s)| match s {
                     VersionState::Ready(m) => Some(m.clone()),
                     VersionState::Unavailable(_) => None,
@@ -449,17 +454,23 @@ impl ModelRepository {
                     ))
                 }),
         }?;
+        // A canary request may also be re-run on stable for the agreement gate.
+        let check = monitor
+            .as_ref()
+            .filter(|_| arm == Arm::Canary)
+            .and_then(|(m, _)| m.check.as_ref());
         let shadows = entry
             .shadow_arms
             .iter()
+            .chain(check)
             .filter(|arm| arm.spec.version != primary.spec.version)
-            .filter(|arm| !d.killed.contains(&arm.spec.version))
+            .filter(|arm| !killed(arm.spec.version))
             .filter_map(|arm| ready(arm.spec.version).map(|v| (arm.clone(), v)))
             .collect();
         Ok(Resolved {
             version: primary,
             arm,
-            monitor: entry.canary_monitor.clone(),
+            monitor,
             shadows,
         })
     }

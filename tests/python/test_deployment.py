@@ -258,7 +258,8 @@ def test_deployment_state_endpoint(make_repo, switchyard):
     s = r.json()
     assert s["stable"] == 1
     assert s["canary"] == {"version": 2, "weight_percent": 12.5, "configured_weight_percent": 12.5,
-                           "state": "serving", "step": None, "steps_percent": [], "rollback": None}
+                           "state": "serving", "step": None, "steps_percent": [], "rollback": None,
+                           "gates": None}
     assert s["killed"] == [3] and s["sticky"] == "header:x-user"
     assert s["shadows"][0]["version"] == 2 and s["shadows"][0]["sample_percent"] == 50.0
     assert [v["state"] for v in s["versions"]] == ["READY", "READY"]

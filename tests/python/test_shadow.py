@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
@@ -73,10 +74,11 @@ def send(srv, n: int, batch: int = 1, seed: int = 0, version: str = "") -> list[
     return out
 
 
-def test_shadow_answers_never_reach_the_client(make_repo, switchyard, tmp_path):
+@pytest.mark.parametrize("log", ["all", "divergent"])
+def test_shadow_answers_never_reach_the_client(make_repo, switchyard, tmp_path, log):
     logdir = tmp_path / "shadow-logs"
-    srv = switchyard(repo_with(make_repo, SHADOW.format(cap=64, timeout=2000)),
-                     "--shadow-log-dir", str(logdir))
+    deployment = SHADOW.format(cap=64, timeout=2000) + f'log = "{log}"\n'
+    srv = switchyard(repo_with(make_repo, deployment), "--shadow-log-dir", str(logdir))
     answers = send(srv, 400)
     assert {v for v, _ in answers} == {"1"}
     c = wait_counts(srv, lambda c: c.get("compared", 0) >= 400, "400 comparisons")
@@ -84,13 +86,25 @@ def test_shadow_answers_never_reach_the_client(make_repo, switchyard, tmp_path):
     assert c.get("errored", 0) == 0 and c.get("timed_out", 0) == 0
     # The two versions disagree on some inputs: the decisions diverge on a few of them.
     assert 0 < c.get("diverged", 0) < 400 * 0.5, c
-    lines = (logdir / "divergence.jsonl").read_text().splitlines()
-    assert len(lines) == c["diverged"]
-    rec = json.loads(lines[0])
+    path = logdir / "divergence.jsonl"
+    want = c["compared"] if log == "all" else c["diverged"]
+    deadline = time.monotonic() + TIMEOUT
+    while len(path.read_text().splitlines()) < want and time.monotonic() < deadline:
+        time.sleep(0.05)  # the log is written off the request path
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == want
+    assert sum(not r["agree"] for r in records) == c["diverged"]
+    assert all(r["kind"] == "shadow" and r["threshold"] == 0.5 for r in records)
+    for r in records:
+        assert r["agree"] == (r["primary_decision"] == r["shadow_decision"])
+    rec = next(r for r in records if not r["agree"])
     assert rec["model"] == "fraud_mlp" and rec["primary_version"] == 1 and rec["shadow_version"] == 2
-    assert rec["primary_decision"] != rec["shadow_decision"]
     assert (rec["primary_score"] > 0.5) == rec["primary_decision"]
     assert rec["request_id"].startswith("r") and rec["shadow_latency_ms"] > 0
+    # Every compared pair with scores lands in the score-delta histogram.
+    text = requests.get(srv.metrics_url, timeout=TIMEOUT).text
+    assert f'switchyard_shadow_score_delta_count{{model="fraud_mlp",version="2"}} {c["compared"]}' in text
+    assert 'switchyard_shadow_psi{model="fraud_mlp",version="2"}' in text
 
 
 def test_explicit_version_requests_are_not_shadowed(make_repo, switchyard):
