@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/grpc_service.proto",
         "proto/model_config.proto",
         "proto/health.proto",
+        "proto/switchyard.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::deploy::control::{Control, Event};
+use crate::deploy::control::{AdminAction, Control, Event};
 use crate::deploy::gates::{CanaryMonitor, GateValues, Status, Verdict};
 use crate::deploy::shadow::{
     compare, decision, ms, now_ms, now_ms_precise, DivergenceLog, DivergenceRecord, ShadowArm,
@@ -31,6 +31,9 @@ pub const EXTENSIONS: [&str; 5] = [
     "schedule_policy",
     "binary_tensor_data",
 ];
+
+/// Longest `who` or `why` of a deployment action, in bytes.
+pub const MAX_AUDIT_TEXT: usize = 1024;
 
 /// ServerMetadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,6 +548,48 @@ impl Core {
             last_error: entry.reload_error.clone().or_else(|| entry.error.clone()),
             history: control.map(|c| c.history()).unwrap_or_default(),
         })
+    }
+
+    /// An operator's action on a model's deployment (admin API): done at once, logged with
+    /// who asked and why, kept in the history and, with `--deployment-state-dir`, on disk.
+    pub fn deployment_action(
+        &self,
+        name: &str,
+        action: &str,
+        version: Option<i64>,
+        weight_percent: Option<f64>,
+        who: &str,
+        why: &str,
+    ) -> Result<Event, InferError> {
+        let entry = self.repository.entry(name).ok_or_else(|| {
+            InferError::NotFound(format!("Request for unknown model: '{name}' is not found"))
+        })?;
+        let control = entry.control.as_ref().ok_or_else(|| {
+            InferError::invalid(format!(
+                "model '{name}' has no deployment.toml: there is no deployment to act on"
+            ))
+        })?;
+        if why.trim().is_empty() {
+            return Err(InferError::invalid(
+                "a deployment action needs a reason ('why')",
+            ));
+        }
+        if who.len() > MAX_AUDIT_TEXT || why.len() > MAX_AUDIT_TEXT {
+            return Err(InferError::invalid(format!(
+                "'who' and 'why' are limited to {MAX_AUDIT_TEXT} bytes"
+            )));
+        }
+        let action =
+            AdminAction::parse(action, version, weight_percent).map_err(InferError::invalid)?;
+        let loaded: Vec<i64> = entry
+            .versions
+            .iter()
+            .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
+            .map(|(v, _)| *v)
+            .collect();
+        control
+            .act(action, who, why, &loaded)
+            .map_err(InferError::invalid)
     }
 
     /// RepositoryIndex rows.

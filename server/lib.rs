@@ -45,6 +45,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::api::admin::AdminService;
 use crate::api::grpc::GrpcService;
 use crate::api::health::HealthService;
 use crate::api::http::{HttpEndpoint, HttpLimits};
@@ -53,6 +54,7 @@ use crate::config::Args;
 use crate::core::Core;
 use crate::proto::health::health_server::HealthServer;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::proto::switchyard::deployment_server::DeploymentServer;
 use crate::repository::{ControlMode, ModelRepository};
 
 /// Loads the repository, serves until `shutdown` resolves, then drains and stops.
@@ -134,7 +136,8 @@ pub async fn run(
         tracing::info!("Started GRPCInferenceService at {}", listener.local_addr()?);
         endpoints.spawn(serve_grpc(
             listener,
-            GrpcService::new(core.clone(), grpc_restrictions),
+            GrpcService::new(core.clone(), grpc_restrictions.clone()),
+            AdminService::new(core.clone(), grpc_restrictions),
             core.clone(),
             args.grpc_max_message_bytes,
             stopped(stop_rx.clone()),
@@ -264,11 +267,12 @@ async fn poll_repository(
     }
 }
 
-/// Serves `inference.GRPCInferenceService` and `grpc.health.v1.Health` on `listener` until
-/// `stop` resolves, then waits for in-flight calls.
+/// Serves `inference.GRPCInferenceService`, `switchyard.Deployment` and
+/// `grpc.health.v1.Health` on `listener` until `stop` resolves, then waits for in-flight calls.
 async fn serve_grpc(
     listener: TcpListener,
     service: GrpcService,
+    admin: AdminService,
     core: std::sync::Arc<Core>,
     max_message_bytes: usize,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -291,6 +295,7 @@ async fn serve_grpc(
     );
     tonic::transport::Server::builder()
         .add_service(infer)
+        .add_service(DeploymentServer::new(admin))
         .add_service(health)
         .serve_with_incoming_shutdown(incoming, stop)
         .await

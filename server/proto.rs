@@ -6,6 +6,11 @@ pub mod inference {
 }
 
 #[allow(clippy::all, missing_docs)]
+pub mod switchyard {
+    tonic::include_proto!("switchyard");
+}
+
+#[allow(clippy::all, missing_docs)]
 pub mod health {
     tonic::include_proto!("grpc.health.v1");
 }

@@ -412,7 +412,7 @@ impl ModelRepository {
             let m = self.get(name, version)?;
             if killed(m.spec.version) {
                 return Err(InferError::Unavailable(format!(
-                    "version {} of model '{name}' is switched off (kill switch in deployment.toml)",
+                    "version {} of model '{name}' is switched off (kill switch: deployment.toml or the deployment API)",
                     m.spec.version
                 )));
             }

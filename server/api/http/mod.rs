@@ -108,6 +108,10 @@ enum Route {
     Deployment {
         model: String,
     },
+    /// Switchyard: an operator's action on the model's deployment (POST to the same path).
+    DeploymentAction {
+        model: String,
+    },
     ServerMetadata,
     Live,
     Ready,
@@ -261,7 +265,8 @@ impl Route {
             Route::Index { .. }
             | Route::Load { .. }
             | Route::Unload { .. }
-            | Route::Deployment { .. } => Category::ModelRepository,
+            | Route::Deployment { .. }
+            | Route::DeploymentAction { .. } => Category::ModelRepository,
             Route::Unimplemented { category, .. } => *category,
         }
     }
@@ -272,7 +277,10 @@ impl Route {
             | Route::Index { .. }
             | Route::Load { .. }
             | Route::Unload { .. } => m == Method::POST,
-            Route::Unimplemented { .. } => m == Method::GET || m == Method::POST,
+            Route::Unimplemented { .. } | Route::Deployment { .. } => {
+                m == Method::GET || m == Method::POST
+            }
+            Route::DeploymentAction { .. } => m == Method::POST,
             _ => m == Method::GET,
         }
     }
@@ -415,11 +423,31 @@ async fn route_and_handle(
         return error_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
     }
     let accept = body::accepted_encoding(header_str(&parts.headers, "accept-encoding"));
+    let route = match route {
+        Route::Deployment { model } if parts.method == Method::POST => {
+            Route::DeploymentAction { model }
+        }
+        other => other,
+    };
     match handle(st, route, &parts.headers, body, accept).await {
         Ok(r) => r,
         Err(HandlerError::Core(e)) => infer_error(e),
         Err(HandlerError::Body(e)) => body_error(e),
     }
+}
+
+/// The body of `POST /v2/models/{m}/deployment`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    /// set_weight, promote, rollback, pause, resume, kill or unkill.
+    action: String,
+    /// The version to kill or unkill.
+    version: Option<i64>,
+    /// The canary's new weight, for set_weight.
+    weight_percent: Option<f64>,
+    who: Option<String>,
+    why: Option<String>,
 }
 
 enum HandlerError {
@@ -573,6 +601,21 @@ async fn handle(
             }
         }
         Route::Deployment { model } => json_reply(&core.deployment_state(&model)?, accept),
+        Route::DeploymentAction { model } => {
+            let body = read_body(body, headers, &st.limits).await?;
+            let request: ActionBody = serde_json::from_slice(&body).map_err(|e| {
+                InferError::invalid(format!("failed to parse the deployment action JSON: {e}"))
+            })?;
+            let event = core.deployment_action(
+                &model,
+                &request.action,
+                request.version,
+                request.weight_percent,
+                request.who.as_deref().unwrap_or_default(),
+                request.why.as_deref().unwrap_or_default(),
+            )?;
+            json_reply(&event, accept)
+        }
         Route::Config { model, version } => proto_reply(
             core.model_config(&model, &version)?.as_ref(),
             "inference.ModelConfig",
