@@ -14,6 +14,8 @@
 #                 primary's p50 at this load), timeout 1000 ms
 # perf_analyzer -i grpc at a fixed request rate (RATE, below saturation, so latency is not
 # queueing) and at concurrency 1, ROUNDS rounds with the three models interleaved.
+# The server writes every compared pair to its divergence log (the default, log = "all") under
+# $RUN_DIR/shadow-log, as it would in production.
 # Output: a table on stdout; CSVs, logs and the server log under
 # ${OUT:-/tmp/switchyard-bench}/shadow-<run id>/.
 #
@@ -56,7 +58,8 @@ parameters { key: "switchyard_fault_latency_ms" value: { string_value: "$SLOW_MS
 parameters { key: "switchyard_fault_versions" value: { string_value: "2" } }
 EOT
 
-bench_start_server "$RUN_DIR/server.log" --model-repository "$RUN_DIR/repo"
+bench_start_server "$RUN_DIR/server.log" --model-repository "$RUN_DIR/repo" \
+    --shadow-log-dir "$RUN_DIR/shadow-log"
 bench_wait_ready fraud_plain:1 fraud_shadow:2 fraud_slow:2 || die "server not ready"
 METRICS_PORT="$(grep -o 'Metrics Service at [0-9.:]*' "$RUN_DIR/server.log" | grep -o '[0-9]*$')"
 
