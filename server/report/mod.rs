@@ -1,16 +1,17 @@
-//! `switchyard shadow-report LOG... [--top N] [--bins N]`: reads divergence
+//! `switchyard shadow-report LOG... [--html FILE] [--top N] [--bins N]`: reads divergence
 //! logs (`deploy::shadow::DivergenceLog`) offline and reports, per (model, kind, primary
 //! version, shadow version): agreement, decision confusion, PSI, score deltas, latencies and
-//! the most divergent requests.
+//! the most divergent requests; optionally as an HTML page with charts.
 //!
 //! - [`read`]: which files, line by line (malformed lines counted, long lines bounded).
 //! - [`aggregate`]: records → figures (pure, tested).
-//! - [`text`]: the stdout report.
+//! - [`text`]: the stdout report; [`html`]: the page (`plotters` SVG charts).
 //!
 //! It runs without a tokio runtime and without the server: `main.rs` dispatches here when
 //! the first argument is `shadow-report`.
 
 pub mod aggregate;
+pub mod html;
 pub mod read;
 pub mod text;
 
@@ -36,6 +37,9 @@ pub struct ReportArgs {
     /// oldest rotated first).
     #[arg(required = true, value_name = "LOG")]
     pub logs: Vec<PathBuf>,
+    /// Also write a self-contained HTML page with charts to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Most divergent requests listed per group.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
@@ -84,7 +88,7 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> i32 {
     }
 }
 
-/// Reads the logs and writes the text report to `out`.
+/// Reads the logs, writes the text report to `out` and the page to `--html`.
 pub fn run(args: &ReportArgs, out: &mut impl Write) -> Result<(), ReportError> {
     let files = read::log_files(&args.logs)?;
     let mut agg = aggregate::Aggregator::new(args.top);
@@ -98,6 +102,12 @@ pub fn run(args: &ReportArgs, out: &mut impl Write) -> Result<(), ReportError> {
             path: "<stdout>".into(),
             source,
         })?;
+    if let Some(path) = &args.html {
+        std::fs::write(path, html::page(&report, &files)).map_err(|source| ReportError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
     Ok(())
 }
 
@@ -108,11 +118,13 @@ mod tests {
     #[test]
     fn arguments() {
         let a = ReportArgs::try_parse_from(["shadow-report", "/logs"]).unwrap();
-        assert_eq!((a.top, a.bins), (10, DEFAULT_BINS));
+        assert_eq!((a.top, a.bins, a.html), (10, DEFAULT_BINS, None));
         let a = ReportArgs::try_parse_from([
             "shadow-report",
             "a.jsonl",
             "b",
+            "--html",
+            "o.html",
             "--top=3",
             "--bins",
             "20",
@@ -125,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn run_reads_a_directory() {
+    fn run_reads_a_directory_and_writes_the_page() {
         let d = tempfile::tempdir().unwrap();
         let line = |id: &str, agree: bool| {
             format!(
@@ -142,8 +154,10 @@ mod tests {
             line("new", true) + "garbage\n",
         )
         .unwrap();
+        let html = d.path().join("out.html");
         let args = ReportArgs {
             logs: vec![d.path().to_path_buf()],
+            html: Some(html.clone()),
             top: 5,
             bins: 10,
         };
@@ -155,5 +169,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("50.00 % (1 of 2 pairs agree)"), "{text}");
+        assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
+        let bad = ReportArgs {
+            html: Some(d.path().join("no/such/dir/out.html")),
+            ..args
+        };
+        assert_eq!(run(&bad, &mut Vec::new()).unwrap_err().exit_code(), 1);
     }
 }
