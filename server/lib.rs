@@ -31,6 +31,7 @@ pub mod executor;
 pub mod metrics;
 pub mod model;
 pub mod proto;
+pub mod report;
 pub mod repository;
 pub mod request;
 pub mod scheduler;

@@ -1,8 +1,16 @@
 //! The `switchyard` binary: parse flags, set up logging, serve until SIGINT/SIGTERM.
+//! `switchyard shadow-report ...` instead reads divergence logs offline (no runtime, no
+//! server; see `switchyard::report`).
 
 use clap::Parser;
 
 fn main() {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "shadow-report")
+    {
+        std::process::exit(switchyard::report::main(std::env::args_os().skip(1)));
+    }
     let args = switchyard::config::Args::parse();
     switchyard::init_tracing(args.log_verbose);
     tracing::info!(?args, "starting switchyard {}", env!("CARGO_PKG_VERSION"));
