@@ -259,6 +259,10 @@ impl Aggregator {
             Some((p, s)) => ((s - p).abs(), true),
             None => (r.max_abs_diff.unwrap_or(0.0), false),
         };
+        // Identical answers are not "divergent", however many there are.
+        if r.agree && divergence == 0.0 && !r.exact_mismatch {
+            return;
+        }
         g.top.push(Divergent {
             divergence,
             by_score,
@@ -685,6 +689,9 @@ mod tests {
         assert!(g.top[0].by_score && !g.top[1].by_score);
         assert!((g.top[0].divergence - 0.8).abs() < 1e-12);
         assert!(one_group(vec![rec("a", 1, 0.1, 0.9)], 0).top.is_empty());
+        let mut same = rec("same", 1, 0.3, 0.3);
+        same.agree = true;
+        assert!(one_group(vec![same], 3).top.is_empty());
     }
 
     #[test]

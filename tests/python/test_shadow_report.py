@@ -89,7 +89,10 @@ def expected_groups(records: list[dict]) -> dict[tuple, dict]:
                 return abs(r["shadow_score"] - r["primary_score"])
             return r["max_abs_diff"]
 
-        ranked = sorted(rs, key=lambda r: (-divergence(r), r["time_ms"], r["request_id"]))
+        # Identical, agreeing answers are never listed as divergent.
+        candidates = [r for r in rs
+                      if not (r["agree"] and divergence(r) == 0.0 and not r["exact_mismatch"])]
+        ranked = sorted(candidates, key=lambda r: (-divergence(r), r["time_ms"], r["request_id"]))
         top = ranked[:TOP]
         out[key] = {
             "records": len(rs),
