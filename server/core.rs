@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use crate::deploy::control::{AdminAction, Control, Event};
 use crate::deploy::gates::{CanaryMonitor, GateValues, Status, Verdict};
 use crate::deploy::shadow::{
-    compare, decision, ms, now_ms, now_ms_precise, DivergenceLog, DivergenceRecord, ShadowArm,
-    Skip, Slot,
+    compare, decision, logged_id, ms, now_ms, now_ms_precise, DivergenceLog, DivergenceRecord,
+    ShadowArm, Skip, Slot,
 };
 use crate::deploy::StickyKey;
 use crate::error::InferError;
@@ -168,7 +168,7 @@ async fn run_shadow(run: ShadowRun) {
             log.write(&DivergenceRecord {
                 time_ms: now_ms(),
                 model: &model,
-                request_id: &id,
+                request_id: logged_id(&id),
                 kind: arm.kind,
                 primary_version: primary.model_version,
                 shadow_version: shadow_v,
@@ -178,6 +178,11 @@ async fn run_shadow(run: ShadowRun) {
                 shadow_decision: c.shadow.decision,
                 threshold: arm.spec.compare.threshold,
                 agree: c.agree,
+                logged: if arm.spec.compare.log_all {
+                    "all"
+                } else {
+                    "divergent"
+                },
                 max_abs_diff: c.max_abs_diff,
                 max_rel_diff: c.max_rel_diff,
                 exact_mismatch: c.exact_mismatch,
@@ -673,7 +678,12 @@ impl Core {
             version
                 .stats
                 .record_arm(arm.label(), result.is_ok(), latency);
-            if let Some((m, control)) = &monitor {
+            // A client's own deadline or cancellation says nothing about the version.
+            let client_caused = matches!(
+                result,
+                Err(InferError::Cancelled(_) | InferError::DeadlineExceeded(_))
+            );
+            if let Some((m, control)) = monitor.as_ref().filter(|_| !client_caused) {
                 let score = match (&result, &m.compare) {
                     (Ok(r), Some(spec)) => decision(r, spec).score,
                     _ => None,

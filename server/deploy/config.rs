@@ -334,6 +334,16 @@ fn validate(
                 );
             }
             let agreement = gates.as_ref().is_some_and(|g| g.min_agreement.is_some());
+            if agreement
+                && canary_compare
+                    .as_ref()
+                    .is_some_and(|c| c.threshold.is_none())
+            {
+                return err(
+                    "canary.gates.min_agreement compares decisions: [canary.compare] needs a threshold"
+                        .into(),
+                );
+            }
             if c.check.is_some() && !agreement {
                 return err("[canary.check] is only used by canary.gates.min_agreement".into());
             }
@@ -632,10 +642,11 @@ mod tests {
             ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmax_psi = 0.2", "need [canary.compare]"),
             ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmax_psi = -1.0\n[canary.compare]\noutput = \"p\"", "canary.gates.max_psi = -1"),
             ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmin_agreement = 1.5\n[canary.compare]\noutput = \"p\"", "canary.gates.min_agreement = 1.5"),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmin_agreement = 0.9\n[canary.compare]\noutput = \"p\"", "needs a threshold"),
             ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmax_psi = 0.2\npsi_bins = 1\n[canary.compare]\noutput = \"p\"", "canary.gates.psi_bins = 1"),
             ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmax_psi = 0.2\n[canary.compare]\noutput = \"q\"", "canary.compare.output = \"q\""),
             ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.check]\nsample_percent = 5.0", "[canary.check] is only used"),
-            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmin_agreement = 0.9\n[canary.compare]\noutput = \"p\"\n[canary.check]\ntimeout_ms = 0", "canary.check.timeout_ms = 0"),
+            ("stable = 1\n[canary]\nversion = 2\nweight = 1.0\n[canary.gates]\nmin_agreement = 0.9\n[canary.compare]\noutput = \"p\"\nthreshold = 0.5\n[canary.check]\ntimeout_ms = 0", "canary.check.timeout_ms = 0"),
             ("[[shadow]]\nversion = 2\n[shadow.compare]\nlog = \"some\"", "shadow.compare.log = \"some\""),
         ];
         for (text, want) in cases {

@@ -93,10 +93,54 @@ impl AdminAction {
 struct Persisted {
     deployment_hash: String,
     canary: Option<i64>,
+    #[serde(default)]
     rollout: Option<Snapshot>,
-    killed: Vec<i64>,
+    /// Absent in files written before operators could kill versions: the file's list then.
+    #[serde(default)]
+    killed: Option<Vec<i64>>,
     #[serde(default)]
     history: Vec<Event>,
+    // The layout before `rollout`: the canary's decision at the top level.
+    #[serde(default, skip_serializing)]
+    status: Option<Status>,
+    #[serde(default, skip_serializing)]
+    step: Option<usize>,
+    #[serde(default, skip_serializing)]
+    verdict: Option<Verdict>,
+}
+
+impl Persisted {
+    /// The rollout, from either layout.
+    fn rollout(&self) -> Option<Snapshot> {
+        self.rollout.clone().or_else(|| {
+            self.status.map(|status| Snapshot {
+                status,
+                step: self.step.unwrap_or(0),
+                verdict: self.verdict.clone(),
+                override_bp: None,
+            })
+        })
+    }
+}
+
+/// The state saved in `path` for the deployment hashed `hash` with canary `canary`, if any.
+/// A file that exists but cannot be read is logged, never silently ignored.
+fn read_state(model: &str, path: &Path, hash: u64, canary: Option<i64>) -> Option<Persisted> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::error!(model, error = %e, path = %path.display(), "cannot read the deployment state file; starting fresh");
+            return None;
+        }
+    };
+    match serde_json::from_str::<Persisted>(&text) {
+        Ok(p) => (p.deployment_hash == format!("{hash:016x}") && p.canary == canary).then_some(p),
+        Err(e) => {
+            tracing::error!(model, error = %e, path = %path.display(), "the deployment state file is not valid; starting fresh");
+            None
+        }
+    }
 }
 
 /// The runtime deployment state of one model with a `deployment.toml`.
@@ -111,6 +155,8 @@ pub struct Control {
     history: Mutex<VecDeque<Event>>,
     /// Where the state is kept, and the hash of the deployment text it belongs to.
     state: Option<(PathBuf, u64)>,
+    /// Held while the state file is written, so writes never interleave or go back in time.
+    persisting: Mutex<()>,
     audit: Option<PathBuf>,
 }
 
@@ -121,26 +167,34 @@ impl Control {
         let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
         let state = state_dir.map(|dir| (dir.join(format!("{model}.json")), hash));
         let canary = d.canary.map(|(v, _)| v);
-        let restored: Option<Persisted> = state.as_ref().and_then(|(path, hash)| {
-            let p: Persisted = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-            (p.deployment_hash == format!("{hash:016x}") && p.canary == canary).then_some(p)
-        });
+        let restored = state
+            .as_ref()
+            .and_then(|(path, hash)| read_state(model, path, *hash, canary));
         let (rollout, killed, history) = match restored {
             Some(p) => {
-                tracing::warn!(model, status = ?p.rollout.as_ref().map(|r| r.status), killed = ?p.killed, "deployment decisions restored from --deployment-state-dir");
-                (p.rollout, p.killed.into_iter().collect(), p.history)
+                let rollout = p.rollout();
+                tracing::warn!(model, status = ?rollout.as_ref().map(|r| r.status), killed = ?p.killed, "deployment decisions restored from --deployment-state-dir");
+                let killed = p
+                    .killed
+                    .map_or_else(|| d.killed.clone(), |k| k.into_iter().collect());
+                (rollout, killed, p.history)
             }
             None => (None, d.killed.clone(), Vec::new()),
         };
-        Control {
+        let c = Control {
             model: model.to_string(),
             stable: d.stable,
             monitor: CanaryMonitor::new(d, rollout).map(Arc::new),
             killed: RwLock::new(killed),
             history: Mutex::new(history.into_iter().collect()),
             state,
+            persisting: Mutex::new(()),
             audit: state_dir.map(|d| d.join("audit.jsonl")),
-        }
+        };
+        // The file now belongs to this deployment: what an earlier text decided is gone, even
+        // if that text comes back later.
+        c.persist(true);
+        c
     }
 
     /// The version answers nothing (kill switch).
@@ -198,8 +252,9 @@ impl Control {
             None => {
                 tracing::info!(model, canary = m.canary, ?status, step = ?m.step(), "canary rollout moved on");
                 match m.step() {
-                    Some(s) if status == Status::Serving => {
-                        format!("every gate held through step {s}")
+                    // A step move goes up by one: the step that passed is the one before.
+                    Some(s) if status == Status::Serving && s > 0 => {
+                        format!("every gate held through step {}", s - 1)
                     }
                     _ => "every gate held through the last step".to_string(),
                 }
@@ -231,6 +286,11 @@ impl Control {
         } else {
             who.trim()
         };
+        if who == GATE {
+            return Err(format!(
+                "who = \"{GATE}\" is reserved for the server's own decisions"
+            ));
+        }
         let (version, status) = match action {
             AdminAction::Canary(a) => {
                 let m = self.monitor.as_ref().ok_or_else(|| {
@@ -267,7 +327,13 @@ impl Control {
             why: why.to_string(),
             version,
             status,
-            weight_percent: self.monitor.as_ref().map(|m| m.weight_percent()),
+            weight_percent: self.monitor.as_ref().map(|m| {
+                if self.is_killed(m.canary) {
+                    0.0
+                } else {
+                    m.weight_percent()
+                }
+            }),
             verdict: None,
         };
         tracing::warn!(
@@ -314,19 +380,34 @@ impl Control {
                 h.pop_front();
             }
         }
-        self.persist();
+        self.persist(false);
     }
 
-    fn persist(&self) {
+    /// Writes the state file. Unless `claim`, only while the file still belongs to this
+    /// deployment: a control replaced by a reload (requests in flight still hold it) must not
+    /// overwrite its successor's state.
+    fn persist(&self, claim: bool) {
         let Some((path, hash)) = &self.state else {
             return;
         };
+        let _writing = self.persisting.lock();
+        if !claim {
+            let current = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Persisted>(&t).ok());
+            if current.is_some_and(|p| p.deployment_hash != format!("{hash:016x}")) {
+                return;
+            }
+        }
         let p = Persisted {
             deployment_hash: format!("{hash:016x}"),
             canary: self.monitor.as_ref().map(|m| m.canary),
             rollout: self.monitor.as_ref().map(|m| m.snapshot()),
-            killed: self.killed(),
+            killed: Some(self.killed()),
             history: self.history(),
+            status: None,
+            step: None,
+            verdict: None,
         };
         let tmp = path.with_extension("json.tmp");
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -419,6 +500,7 @@ mod tests {
         let c = Control::new("m", &deployment(CANARY), CANARY, Some(d.path()));
         let m = c.monitor.clone().unwrap();
         for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(3));
             if let Some(mv) = m.record(true, std::time::Duration::from_millis(1), false, None, 0.0)
             {
                 c.moved(mv);

@@ -75,7 +75,8 @@ pub enum Status {
 /// The routing a rollout asks for now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Live {
-    /// The canary's weight in basis points (`None`: the file's fixed weight).
+    /// The canary's weight in basis points (`None`: the file's fixed weight; a monitor always
+    /// gives one).
     pub weight_bp: Option<u32>,
     /// The candidate answers every unversioned request.
     pub promoted: bool,
@@ -126,8 +127,13 @@ pub struct GateValues {
 
 /// Samples kept per arm at most (the window is also bounded in time).
 const MAX_SAMPLES: usize = 20_000;
-/// Gates are judged at most this often (and on every canary failure).
+/// Gates are judged at most this often...
 const EVAL_EVERY: Duration = Duration::from_millis(20);
+/// ...and on a canary failure or disagreement, at most this often.
+const EVAL_FORCED_EVERY: Duration = Duration::from_millis(2);
+/// The PSI is judged only once each arm has this many scored requests per bin: below that,
+/// sampling noise alone adds about (bins - 1) * (1/n_canary + 1/n_stable) to it.
+pub const PSI_SAMPLES_PER_BIN: usize = 20;
 
 impl Window {
     fn push(&mut self, at: Instant, latency: f64, ok: bool, score: Option<f64>, window: Duration) {
@@ -138,6 +144,17 @@ impl Window {
                 .samples
                 .front()
                 .is_some_and(|(t, ..)| at.saturating_duration_since(*t) > window)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Forgets samples older than `window` at `now` (an arm that gets no traffic still ages).
+    fn evict(&mut self, now: Instant, window: Duration) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, ..)| now.saturating_duration_since(*t) > window)
         {
             self.samples.pop_front();
         }
@@ -181,7 +198,8 @@ fn measure(spec: &GateSpec, w: &Windows) -> GateValues {
     } else {
         (Vec::new(), Vec::new())
     };
-    let enough = |n: usize| n >= spec.min_requests;
+    let psi_min = spec.min_requests.max(PSI_SAMPLES_PER_BIN * spec.psi_bins);
+    let enough = |n: usize| n >= psi_min;
     let checks = w.checks.len();
     GateValues {
         canary_requests: w.canary.samples.len(),
@@ -255,6 +273,11 @@ fn judge(spec: &GateSpec, v: &GateValues, now_ms: f64) -> Option<Verdict> {
 /// Every gate has had enough samples to be judged (a step may end only then).
 fn all_judged(spec: &GateSpec, v: &GateValues) -> bool {
     v.canary_requests >= spec.min_requests
+        && (spec.max_p99_ms.is_none() || v.canary_p99_ms.is_some())
+        && (spec.max_p99_ratio.is_none()
+            || (v.canary_p99_ms.is_some()
+                && v.stable_p99_ms.is_some()
+                && v.stable_requests >= spec.min_requests))
         && (spec.max_psi.is_none() || v.psi.is_some())
         && (spec.min_agreement.is_none() || v.checks >= spec.min_requests)
 }
@@ -455,8 +478,7 @@ impl CanaryMonitor {
             &mut w.stable
         };
         target.push(now, latency.as_secs_f64(), ok, score, window);
-        let due = now.saturating_duration_since(w.last_eval) >= EVAL_EVERY || (canary_arm && !ok);
-        if !due {
+        if !self.due(&progress, &w, now, canary_arm && !ok) {
             return None;
         }
         self.evaluate(&mut progress, &mut w, now, now_ms)
@@ -479,11 +501,20 @@ impl CanaryMonitor {
         {
             w.checks.pop_front();
         }
-        let due = now.saturating_duration_since(w.last_eval) >= EVAL_EVERY || !agree;
-        if !due {
+        if !self.due(&progress, &w, now, !agree) {
             return None;
         }
         self.evaluate(&mut progress, &mut w, now, now_ms)
+    }
+
+    /// Whether to evaluate now: every `EVAL_EVERY`, sooner on bad news; never while a gate's
+    /// own pause holds the rollout (a human decides, and nothing would change).
+    fn due(&self, p: &Progress, w: &Windows, now: Instant, bad_news: bool) -> bool {
+        if p.status == Status::Paused && self.verdict.lock().is_some() {
+            return false;
+        }
+        let since = now.saturating_duration_since(w.last_eval);
+        since >= EVAL_EVERY || (bad_news && since >= EVAL_FORCED_EVERY)
     }
 
     fn window(&self) -> Duration {
@@ -501,6 +532,16 @@ impl CanaryMonitor {
         now_ms: f64,
     ) -> Option<Move> {
         w.last_eval = now;
+        let window = self.window();
+        w.stable.evict(now, window);
+        w.canary.evict(now, window);
+        while w
+            .checks
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > window)
+        {
+            w.checks.pop_front();
+        }
         let (breach, judged) = match &self.gates {
             Some(g) => {
                 let values = measure(g, w);
@@ -511,8 +552,10 @@ impl CanaryMonitor {
             None => (None, true),
         };
         if let Some(v) = breach {
-            if progress.status == Status::Paused {
-                return None; // already held; a human decides
+            // A gate's own pause holds until a human acts (`due` stops evaluating then); an
+            // operator's pause or weight keeps the gates armed.
+            if progress.status == Status::Paused && self.verdict.lock().is_some() {
+                return None;
             }
             let status = match self.on_failure {
                 OnFailure::Rollback => Status::RolledBack,
@@ -546,12 +589,17 @@ impl CanaryMonitor {
     }
 
     /// Carries out an operator's action; the status it leaves, or why it cannot be done.
+    /// Gates stay armed after every action: an operator's pause or weight is still rolled back
+    /// (or paused) by a breached gate.
     pub fn act(&self, action: Action) -> Result<Status, String> {
         let mut p = self.progress.lock();
         match action {
             Action::SetWeight(pct) => {
                 if !(0.0..=100.0).contains(&pct) {
                     return Err(format!("weight {pct}: must be a percent from 0 to 100"));
+                }
+                if p.status == Status::RolledBack || self.verdict.lock().is_some() {
+                    self.restart(&mut p);
                 }
                 p.override_bp = Some((pct * 100.0).round() as u32);
                 p.status = if self.steps.is_some() {
@@ -567,19 +615,36 @@ impl CanaryMonitor {
                 s => return Err(format!("the canary is {s:?}: only a serving canary pauses")),
             },
             Action::Resume => {
-                p.status = Status::Serving;
+                match p.status {
+                    Status::Promoted => {
+                        return Err(
+                            "the canary is promoted: roll it back first, or edit deployment.toml"
+                                .into(),
+                        )
+                    }
+                    // After a rollback the rollout starts again from its first step.
+                    Status::RolledBack => p.step = 0,
+                    Status::Serving | Status::Paused => {}
+                }
                 p.override_bp = None;
-                p.step_started = Instant::now();
-                p.step_requests = 0;
-                *self.verdict.lock() = None;
-                let mut w = self.windows.lock();
-                w.stable = Window::default();
-                w.canary = Window::default();
-                w.checks.clear();
+                self.restart(&mut p);
+                p.status = Status::Serving;
             }
         }
         self.publish(&p);
         Ok(p.status)
+    }
+
+    /// Fresh windows, no verdict and a new step timer: the gates judge only what comes next.
+    fn restart(&self, p: &mut Progress) {
+        p.step_started = Instant::now();
+        p.step_requests = 0;
+        *self.verdict.lock() = None;
+        *self.values.lock() = None;
+        let mut w = self.windows.lock();
+        w.stable = Window::default();
+        w.canary = Window::default();
+        w.checks.clear();
     }
 }
 
@@ -614,21 +679,33 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// One failed canary request, after the forced-evaluation interval.
+    fn fail(m: &CanaryMonitor) -> Option<Move> {
+        std::thread::sleep(EVAL_FORCED_EVERY + MS);
+        m.record(true, MS, false, None, 0.0)
+    }
+
+    /// One canary check, after the forced-evaluation interval.
+    fn check(m: &CanaryMonitor, agree: bool) -> Option<Move> {
+        std::thread::sleep(EVAL_FORCED_EVERY + MS);
+        m.record_check(agree, 0.0)
+    }
+
     #[test]
     fn error_rate_gate_needs_min_requests() {
         let m = monitor(spec(), None, OnFailure::Rollback);
         assert_eq!(m.live().weight_bp, Some(1_000));
         for _ in 0..19 {
-            assert!(m.record(true, MS, false, None, 0.0).is_none());
+            assert!(fail(&m).is_none());
         }
-        let (status, v) = m.record(true, MS, false, None, 0.0).unwrap();
+        let (status, v) = fail(&m).unwrap();
         assert_eq!(status, Status::RolledBack);
         let v = v.unwrap();
         assert_eq!(v.gate, "max_error_rate");
         assert_eq!(m.live().weight_bp, Some(0));
         assert_eq!(v.canary_requests, 20);
         assert!(m.rolled_back());
-        assert!(m.record(true, MS, false, None, 0.0).is_none());
+        assert!(fail(&m).is_none());
     }
 
     #[test]
@@ -649,7 +726,9 @@ mod tests {
         let mut moves = Vec::new();
         for _ in 0..200 {
             std::thread::sleep(MS);
-            if let Some((s, _)) = m.record(true, MS, true, None, 0.0) {
+            // The p99 ratio gate needs stable requests too before a step may end.
+            let stable = m.record(false, MS, true, None, 0.0);
+            if let Some((s, _)) = stable.or_else(|| m.record(true, MS, true, None, 0.0)) {
                 moves.push((s, m.step()));
             }
             if m.status() == Status::Promoted {
@@ -676,7 +755,7 @@ mod tests {
         };
         let m = monitor(spec(), Some(steps), OnFailure::Pause);
         for _ in 0..20 {
-            m.record(true, MS, false, None, 0.0);
+            fail(&m);
         }
         assert_eq!(m.status(), Status::Paused);
         assert_eq!(m.live().weight_bp, Some(1_000));
@@ -757,16 +836,16 @@ mod tests {
         let m = monitor(g, None, OnFailure::Rollback);
         // 19 checks, all disagreeing: below min_requests, nothing judged.
         for _ in 0..19 {
-            assert!(m.record_check(false, 0.0).is_none());
+            assert!(check(&m, false).is_none());
         }
-        let (status, v) = m.record_check(false, 0.0).unwrap();
+        let (status, v) = check(&m, false).unwrap();
         assert_eq!(status, Status::RolledBack);
         assert_eq!(v.unwrap().gate, "min_agreement");
         let mut g = spec();
         g.min_agreement = Some(0.9);
         let fine = monitor(g, None, OnFailure::Rollback);
         for i in 0..100 {
-            assert!(fine.record_check(i % 20 != 0, 0.0).is_none());
+            assert!(check(&fine, i % 20 != 0).is_none());
         }
     }
 
@@ -794,5 +873,56 @@ mod tests {
         };
         let restored = CanaryMonitor::new(&d, Some(snap)).unwrap();
         assert!(restored.rolled_back());
+    }
+
+    #[test]
+    fn an_operators_pause_keeps_the_gates_armed() {
+        let m = monitor(spec(), None, OnFailure::Rollback);
+        assert_eq!(m.act(Action::Pause), Ok(Status::Paused));
+        for _ in 0..20 {
+            fail(&m);
+        }
+        assert_eq!(m.status(), Status::RolledBack);
+        // A new weight after a rollback starts from fresh windows: the old failures are gone.
+        assert_eq!(m.act(Action::SetWeight(10.0)), Ok(Status::Serving));
+        assert!(m.verdict().is_none());
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(m.record(true, MS, true, None, 0.0).is_none());
+        assert_eq!(m.status(), Status::Serving);
+    }
+
+    #[test]
+    fn resume_rules() {
+        let steps = StepSpec {
+            weights: vec![100, 5_000, 10_000],
+            min_duration: Duration::ZERO,
+            min_requests: 1,
+        };
+        let m = monitor(spec(), Some(steps), OnFailure::Rollback);
+        assert_eq!(m.act(Action::Promote), Ok(Status::Promoted));
+        assert!(m.act(Action::Resume).is_err());
+        assert_eq!(m.act(Action::Rollback), Ok(Status::RolledBack));
+        assert_eq!(m.act(Action::Resume), Ok(Status::Serving));
+        assert_eq!((m.step(), m.live().weight_bp), (Some(0), Some(100)));
+    }
+
+    #[test]
+    fn windows_age_without_traffic_and_psi_needs_samples_per_bin() {
+        let mut g = spec();
+        g.window = Duration::from_millis(30);
+        g.max_psi = Some(0.25);
+        let mut w = windows();
+        let t0 = Instant::now();
+        for i in 0..150 {
+            let x = f64::from(i) / 150.0;
+            w.stable.push(t0, 0.001, true, Some(x), g.window);
+            w.canary.push(t0, 0.001, true, Some(x + 0.5), g.window);
+        }
+        // 150 per arm is below 20 per bin x 10 bins: no PSI yet, and the step cannot end.
+        let v = measure(&g, &w);
+        assert_eq!(v.psi, None);
+        assert!(!all_judged(&g, &v));
+        w.stable.evict(t0 + Duration::from_millis(40), g.window);
+        assert!(w.stable.samples.is_empty());
     }
 }

@@ -178,6 +178,26 @@ fn as_f64(t: &Tensor) -> Option<Vec<f64>> {
     })
 }
 
+/// Element `i` of a numeric tensor as f64, without converting the rest.
+fn element_f64(t: &Tensor, i: usize) -> Option<f64> {
+    let size = match t.dtype {
+        DataType::Bytes => return None,
+        DataType::Bool | DataType::Int8 | DataType::Uint8 => 1,
+        DataType::Fp16 | DataType::Bf16 | DataType::Int16 | DataType::Uint16 => 2,
+        DataType::Fp32 | DataType::Int32 | DataType::Uint32 => 4,
+        DataType::Fp64 | DataType::Int64 | DataType::Uint64 => 8,
+    };
+    let start = i.checked_mul(size)?;
+    let bytes = t.data.get(start..start.checked_add(size)?)?;
+    as_f64(&Tensor {
+        dtype: t.dtype,
+        shape: vec![1],
+        data: bytes.to_vec().into(),
+    })?
+    .first()
+    .copied()
+}
+
 fn is_float(d: DataType) -> bool {
     matches!(
         d,
@@ -191,9 +211,7 @@ pub fn decision(resp: &InferResponse, spec: &CompareSpec) -> Decision {
         Some(name) => resp.outputs.iter().find(|o| &o.name == name),
         None => resp.outputs.first(),
     };
-    let score = tensor
-        .and_then(|t| as_f64(&t.tensor))
-        .and_then(|v| v.get(spec.element).copied());
+    let score = tensor.and_then(|t| element_f64(&t.tensor, spec.element));
     Decision {
         score,
         decision: match (score, spec.threshold) {
@@ -286,6 +304,8 @@ pub struct DivergenceRecord<'a> {
     pub threshold: Option<f64>,
     /// The pair agrees (same decision with a threshold, else within tolerance).
     pub agree: bool,
+    /// What the log holds: "all" compared pairs, or only "divergent" ones.
+    pub logged: &'static str,
     pub max_abs_diff: f64,
     pub max_rel_diff: f64,
     pub exact_mismatch: bool,
@@ -426,6 +446,21 @@ impl LogWriter {
     }
 }
 
+/// Longest request id written to the divergence log, in bytes (ids are client-chosen).
+pub const MAX_LOGGED_ID: usize = 256;
+
+/// `id` cut to at most `MAX_LOGGED_ID` bytes, on a character boundary.
+pub fn logged_id(id: &str) -> &str {
+    if id.len() <= MAX_LOGGED_ID {
+        return id;
+    }
+    let mut end = MAX_LOGGED_ID;
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &id[..end]
+}
+
 /// Milliseconds since the Unix epoch, for records.
 pub fn now_ms() -> u128 {
     SystemTime::now()
@@ -559,6 +594,7 @@ mod tests {
             shadow_decision: Some(false),
             threshold: Some(0.5),
             agree: false,
+            logged: "all",
             max_abs_diff: 0.8,
             max_rel_diff: 0.9,
             exact_mismatch: false,

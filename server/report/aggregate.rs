@@ -34,6 +34,9 @@ pub struct Record {
     pub exact_mismatch: bool,
     pub primary_latency_ms: Option<f64>,
     pub shadow_latency_ms: Option<f64>,
+    /// "all" or "divergent": what the server was logging (absent in older logs).
+    #[serde(default)]
+    pub logged: Option<String>,
 }
 
 /// What the report groups by.
@@ -181,6 +184,8 @@ impl TopN {
 struct GroupAcc {
     samples: Vec<Sample>,
     agreed: u64,
+    /// Some record says every compared pair was logged.
+    all_logged: bool,
     exact_mismatches: u64,
     confusion: Confusion,
     thresholds: Vec<f64>,
@@ -222,6 +227,7 @@ impl Aggregator {
         let g = self.groups.entry(key).or_insert_with(|| GroupAcc {
             samples: Vec::new(),
             agreed: 0,
+            all_logged: false,
             exact_mismatches: 0,
             confusion: Confusion::default(),
             thresholds: Vec::new(),
@@ -243,6 +249,7 @@ impl Aggregator {
             shadow_latency_ms: r.shadow_latency_ms.filter(|v| v.is_finite()),
         });
         g.agreed += u64::from(r.agree);
+        g.all_logged |= r.logged.as_deref() == Some("all");
         g.exact_mismatches += u64::from(r.exact_mismatch);
         g.confusion.counts[Confusion::index(r.primary_decision)]
             [Confusion::index(r.shadow_decision)] += 1;
@@ -407,6 +414,8 @@ pub struct GroupSummary {
     pub first_ms: u64,
     pub last_ms: u64,
     pub agreed: u64,
+    /// The server logged every compared pair (so 0 agreed means 0 %).
+    pub all_logged: bool,
     pub exact_mismatches: u64,
     /// Distinct thresholds seen (in order of appearance); `more_thresholds` if there were
     /// more than fit.
@@ -432,7 +441,7 @@ pub struct GroupSummary {
 
 impl GroupSummary {
     pub fn agreement(&self) -> Agreement {
-        if self.agreed == 0 {
+        if self.agreed == 0 && !self.all_logged {
             Agreement::OnlyDiverging
         } else {
             Agreement::Rate(self.agreed as f64 / self.records as f64)
@@ -486,6 +495,7 @@ fn summarize(key: GroupKey, acc: GroupAcc, bins: usize) -> GroupSummary {
         first_ms,
         last_ms,
         agreed: acc.agreed,
+        all_logged: acc.all_logged,
         exact_mismatches: acc.exact_mismatches,
         thresholds: acc.thresholds,
         more_thresholds: acc.more_thresholds,
@@ -539,6 +549,7 @@ mod tests {
             exact_mismatch: false,
             primary_latency_ms: Some(1.0),
             shadow_latency_ms: Some(2.0),
+            logged: None,
         }
     }
 
@@ -607,6 +618,16 @@ mod tests {
         // A log of diverging pairs only: no rate, not 0 %.
         let g = one_group(vec![rec("c", 3, 0.6, 0.4), rec("d", 4, 0.3, 0.8)], 10);
         assert_eq!(g.agreement(), Agreement::OnlyDiverging);
+        // The same pairs from a server that logged everything: a shadow that never agrees.
+        let all = |mut r: Record| {
+            r.logged = Some("all".into());
+            r
+        };
+        let g = one_group(
+            vec![all(rec("c", 3, 0.6, 0.4)), all(rec("d", 4, 0.3, 0.8))],
+            10,
+        );
+        assert_eq!(g.agreement(), Agreement::Rate(0.0));
     }
 
     #[test]

@@ -392,6 +392,7 @@ mod tests {
             exact_mismatch: false,
             primary_latency_ms: Some(1.0),
             shadow_latency_ms: Some(1.5),
+            logged: None,
         }
     }
 

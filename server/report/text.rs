@@ -292,6 +292,7 @@ mod tests {
             exact_mismatch: false,
             primary_latency_ms: Some(1.0),
             shadow_latency_ms: None,
+            logged: None,
         }
     }
 

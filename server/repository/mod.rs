@@ -160,7 +160,7 @@ pub struct ModelEntry {
     pub deployment: Option<Arc<Deployment>>,
     /// Runtime state of each `[[shadow]]` of `deployment`.
     pub shadow_arms: Vec<Arc<ShadowArm>>,
-    /// The canary's gates and rollback state, when `deployment` has gates.
+    /// The runtime of `deployment` (kill switch, canary rollout, history), whenever it exists.
     pub control: Option<Arc<Control>>,
     /// Unversioned requests routed so far (the split of requests without a sticky key).
     pub route_seq: std::sync::atomic::AtomicU64,

@@ -265,7 +265,9 @@ def test_deployment_state_endpoint(make_repo, switchyard):
     assert [v["state"] for v in s["versions"]] == ["READY", "READY"]
     assert requests.get(f"http://{srv.http_url}/v2/models/nope/deployment",
                         headers={"admin": "k"}, timeout=TIMEOUT).status_code == 404
-    assert requests.post(url, headers={"admin": "k"}, timeout=TIMEOUT).status_code == 405
+    assert requests.put(url, headers={"admin": "k"}, timeout=TIMEOUT).status_code == 405
+    # POST is an operator's action (test_deployment_admin.py); an empty body is refused.
+    assert requests.post(url, headers={"admin": "k"}, timeout=TIMEOUT).status_code == 400
     # Without a deployment.toml: the highest READY version is the stable one.
     plain = switchyard(fraud_repo(make_repo, None))
     p = requests.get(f"http://{plain.http_url}/v2/models/fraud_mlp/deployment", timeout=TIMEOUT).json()

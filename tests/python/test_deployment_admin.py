@@ -258,6 +258,32 @@ def test_actions_survive_a_restart_until_the_file_changes(make_repo, switchyard,
     third = switchyard(repo, *args)
     s = state(third)
     assert s["canary"]["weight_percent"] == 30.0 and s["history"] == [] and s["killed"] == []
+    third.stop()
+    # Reverting the edit is a new deployment too: the first text's decisions do not come back.
+    (repo / "fraud_mlp" / "deployment.toml").write_text(CANARY)
+    fourth = switchyard(repo, *args)
+    s = state(fourth)
+    assert s["canary"]["weight_percent"] == 20.0 and s["history"] == [] and s["killed"] == []
+
+
+def test_an_operators_pause_keeps_the_gates_armed(make_repo, switchyard):
+    repo = h.fraud_repo_with(
+        make_repo, CANARY.replace("20.0", "50.0") + "[canary.gates]\nmin_requests = 10\nmax_error_rate = 0.05\n",
+        {"switchyard_fault_error_rate": "1.0", "switchyard_fault_versions": "2"})
+    srv = switchyard(repo)
+    assert act(srv, action="pause", who="ana", why="hold while I look").status_code == 200
+    stub = srv.stub()
+    x = h.fraud_inputs(1, seed=2)
+    failed = 0
+    for _ in range(200):
+        try:
+            h.infer(stub, h.infer_request("fraud_mlp", x))
+        except grpc.RpcError:
+            failed += 1
+    s = state(srv)["canary"]
+    assert s["state"] == "rolled_back" and s["rollback"]["gate"] == "max_error_rate", s
+    assert 10 <= failed <= 30, failed
+    assert [e["who"] for e in state(srv)["history"]] == ["ana", "gate"]
 
 
 def test_rollback_under_load_fails_no_request(make_repo, switchyard):

@@ -436,6 +436,9 @@ async fn route_and_handle(
     }
 }
 
+/// Largest body of a deployment action, in bytes (it holds a few short fields).
+const MAX_ACTION_BODY: usize = 64 * 1024;
+
 /// The body of `POST /v2/models/{m}/deployment`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -602,7 +605,11 @@ async fn handle(
         }
         Route::Deployment { model } => json_reply(&core.deployment_state(&model)?, accept),
         Route::DeploymentAction { model } => {
-            let body = read_body(body, headers, &st.limits).await?;
+            let limits = HttpLimits {
+                max_input_bytes: st.limits.max_input_bytes.min(MAX_ACTION_BODY),
+                ..(*st.limits).clone()
+            };
+            let body = read_body(body, headers, &limits).await?;
             let request: ActionBody = serde_json::from_slice(&body).map_err(|e| {
                 InferError::invalid(format!("failed to parse the deployment action JSON: {e}"))
             })?;
