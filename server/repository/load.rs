@@ -115,11 +115,12 @@ fn load_config(
     check_config_paths(&config, model_dir).map_err(|e| format!("model '{name}': {e}"))?;
     for g in &config.instance_group {
         if g.kind == Kind::Gpu as i32 {
-            return Err(format!(
-                "model '{name}': instance group '{}' asks for KIND_GPU, but {}",
-                g.name,
-                switchyard_kernels::gpu_support().reason()
-            ));
+            if let Some(why) = switchyard_kernels::gpu_unavailable() {
+                return Err(format!(
+                    "model '{name}': instance group '{}' asks for KIND_GPU, but {why}",
+                    g.name
+                ));
+            }
         }
     }
     Ok((config, has_mbs))
