@@ -4,6 +4,8 @@
 #   scripts/deps.sh runtime   venv .venv/ with onnxruntime (provides libonnxruntime.so)
 #   scripts/deps.sh test      runtime + Python test deps (tritonclient, pytest, ...)
 #                             + perf_analyzer binary (from the tritonclient wheel)
+#                             + NVRTC (libnvrtc.so.13, no GPU needed) into .deps/nvrtc/lib
+#                               for the kernels crate's compile test
 #
 # Idempotent: every step is guarded by a stamp file in .deps/ that records the
 # exact pins it was done with; a second run is a fast no-op.  Changing a pin
@@ -22,6 +24,10 @@ CUDART_VERSION=12.6.77
 # The only tritonclient 2.50.0 x86_64 wheel is manylinux1 (glibc 2.5+).
 TRITONCLIENT_PLATFORM=manylinux1_x86_64
 CUDART_PLATFORM=manylinux2014_x86_64
+# NVRTC of CUDA 13.0 (what the lent GPU machines carry): kernels/tests/nvrtc_compile.rs
+# compiles every .cu kernel with it on any machine, GPU or not.
+NVRTC_VERSION=13.0.88
+NVRTC_PLATFORM=manylinux2010_x86_64
 APT_PKGS_TEST=(libb64-0d libssl3 zlib1g libstdc++6 libgcc-s1 curl)
 
 RUNTIME_REQS=(
@@ -94,6 +100,7 @@ DEPS="$ROOT/.deps"
 LOGS="$DEPS/logs"
 PA_DIR="$DEPS/perf_analyzer"
 CUDA_LIB_DIR="$DEPS/cuda/lib"
+NVRTC_DIR="$DEPS/nvrtc/lib"
 
 mkdir -p "$DEPS" "$LOGS"
 
@@ -216,6 +223,7 @@ pip_download() {  # pip_download LOGNAME DIR PLATFORM REQ
 # ------------------------------------------------------------- steps --------
 RUNTIME_SPEC="v$STAMP_FORMAT ${RUNTIME_REQS[*]} $CONSTRAINTS"
 TEST_SPEC="v$STAMP_FORMAT ${RUNTIME_REQS[*]} ${TEST_REQS[*]} $CONSTRAINTS"
+NVRTC_SPEC="v$STAMP_FORMAT nvidia-cuda-nvrtc==$NVRTC_VERSION/$NVRTC_PLATFORM"
 PA_SPEC="v$STAMP_FORMAT tritonclient==$TRITONCLIENT_VERSION/$TRITONCLIENT_PLATFORM cudart==$CUDART_VERSION/$CUDART_PLATFORM"
 
 # Python packages.  `test` installs everything in one pip run.
@@ -277,6 +285,27 @@ if [[ "$MODE" == test ]]; then
         grep -q 'Perf Analyzer Version' "$LOGS/perf-analyzer-version.log" \
             || die "perf_analyzer --version gave unexpected output: $(cat "$LOGS/perf-analyzer-version.log")"
         stamp_write perf_analyzer "$PA_SPEC"
+    fi
+fi
+
+# NVRTC (test only): two libraries out of NVIDIA's wheel, nothing installed into the venv.
+if [[ "$MODE" == test ]]; then
+    if ! { stamp_ok nvrtc "$NVRTC_SPEC" \
+           && [[ -f "$NVRTC_DIR/libnvrtc.so.13" && -f "$NVRTC_DIR/libnvrtc-builtins.so.13.0" ]]; }; then
+        say "extracting NVRTC $NVRTC_VERSION"
+        dl="$DEPS/downloads-nvrtc"
+        rm -rf "$dl"; mkdir -p "$dl" "$NVRTC_DIR"
+        pip_download pip-download-nvrtc "$dl" "$NVRTC_PLATFORM" "nvidia-cuda-nvrtc==$NVRTC_VERSION"
+        nv_whl="$(echo "$dl"/nvidia_cuda_nvrtc-"$NVRTC_VERSION"-*.whl)"
+        [[ -f "$nv_whl" ]] || die "NVRTC wheel not downloaded into $dl"
+        for lib in libnvrtc.so.13 libnvrtc-builtins.so.13.0; do
+            wheel_extract "$nv_whl" "nvidia/cu13/lib/$lib" "$NVRTC_DIR/$lib"
+        done
+        wheel_extract "$nv_whl" "nvidia_cuda_nvrtc-$NVRTC_VERSION.dist-info/licenses/License.txt" \
+            "$NVRTC_DIR/../License.txt"
+        rm -rf "$dl"
+        check_ldd "$NVRTC_DIR/libnvrtc.so.13"
+        stamp_write nvrtc "$NVRTC_SPEC"
     fi
 fi
 

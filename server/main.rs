@@ -14,6 +14,8 @@ fn main() {
     let args = switchyard::config::Args::parse();
     switchyard::init_tracing(args.log_verbose);
     tracing::info!(?args, "starting switchyard {}", env!("CARGO_PKG_VERSION"));
+    // What CUDA this process can load (libraries are opened at run time, never linked).
+    tracing::info!("CUDA: {}", switchyard_kernels::probe().summary());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,36 +1,34 @@
 //! Switchyard's GPU layer. Every `unsafe` block and every CUDA call of the project lives here.
 //!
-//! Today this crate only answers whether a GPU executor can exist in this build; the CUDA
-//! executor (cudarc, NVRTC kernels, engines compiled from ONNX) lands with the GPU issue.
+//! # Layout
+//! - [`probe`]: which CUDA libraries load in this process (driver, cuBLAS, cuBLASLt, NVRTC,
+//!   all loaded at run time through cudarc), what the driver reports (version, GPUs), and the
+//!   sentence a GPU model's load error carries when something is missing.
+//! - [`sources`]: our kernels, the `.cu` files of `kernels/cu/` embedded in the binary (bias +
+//!   activation epilogue, row softmax, layer norm, INT8 quantise/dequantise).
+//! - [`nvrtc`]: compiles those sources to PTX for a GPU architecture (sm_90 on Hopper).
+//! - [`trim_heap`]: glibc `malloc_trim`, used when models are released.
+//!
+//! The GPU executor (engines compiled from ONNX, streams, CUDA graphs) lands later in the GPU
+//! issue; until then [`gpu_unavailable`] says why a `KIND_GPU` instance cannot be served.
 
-/// Why a GPU instance can or cannot be created by this build.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GpuSupport {
-    /// The binary was built without the `cuda` feature.
-    NotCompiled,
-    /// The `cuda` feature is on, but the GPU executor is not part of this build yet.
-    ExecutorMissing,
-}
+pub mod nvrtc;
+pub mod probe;
+pub mod sources;
 
-impl GpuSupport {
-    /// A sentence for load errors: why a `KIND_GPU` instance group cannot be served.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            GpuSupport::NotCompiled => {
-                "this Switchyard build has no GPU executor (built without the `cuda` feature)"
-            }
-            GpuSupport::ExecutorMissing => "the GPU executor is not available in this build",
-        }
-    }
-}
+pub use probe::{probe, ComputeCapability, CudaProbe};
 
-/// What this build can do with `KIND_GPU` instance groups.
-pub fn gpu_support() -> GpuSupport {
-    if cfg!(feature = "cuda") {
-        GpuSupport::ExecutorMissing
-    } else {
-        GpuSupport::NotCompiled
-    }
+/// Why a GPU instance cannot be created in this process: what CUDA is missing here or, with
+/// everything present, that the GPU executor has not landed yet. `None` once a GPU instance
+/// can run (never, in this build).
+pub fn gpu_unavailable() -> Option<String> {
+    let p = probe();
+    Some(p.reason().unwrap_or_else(|| {
+        format!(
+            "Switchyard's GPU executor is not implemented yet (CUDA found: {})",
+            p.summary()
+        )
+    }))
 }
 
 /// Hands the C allocator's free memory back to the operating system (glibc `malloc_trim(0)`):
@@ -60,9 +58,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_build_reports_not_compiled() {
-        assert_eq!(gpu_support(), GpuSupport::NotCompiled);
-        assert!(gpu_support().reason().contains("cuda"));
+    fn a_gpu_instance_is_refused_with_a_reason() {
+        let why = gpu_unavailable().unwrap();
+        match probe().reason() {
+            Some(missing) => assert_eq!(why, missing),
+            None => assert!(why.contains("not implemented yet"), "{why}"),
+        }
     }
 
     #[test]

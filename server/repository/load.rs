@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::autocomplete::{auto_complete, instance_total, model_spec, normalize};
+use super::gpu::{gpu_plan, GpuPlan};
 use super::paths::{inside, plain_relative};
 use super::pbtxt::parse_model_config;
 use super::schedule::scheduler_config;
@@ -113,16 +114,46 @@ fn load_config(
         ));
     }
     check_config_paths(&config, model_dir).map_err(|e| format!("model '{name}': {e}"))?;
-    for g in &config.instance_group {
-        if g.kind == Kind::Gpu as i32 {
+    let plan = gpu_plan(&config, model_dir).map_err(|e| format!("model '{name}': {e}"))?;
+    check_gpu(name, &config, &plan)?;
+    Ok((config, has_mbs))
+}
+
+/// Refuses KIND_GPU instance groups with the reason the GPU cannot be used here. As in
+/// Triton's ONNX Runtime backend, GPU accelerators only apply to GPU instances: on a model
+/// whose instances are all on the CPU they are accepted (once valid) and have no effect.
+fn check_gpu(name: &str, config: &ModelConfig, plan: &GpuPlan) -> Result<(), String> {
+    let gpu_group = config
+        .instance_group
+        .iter()
+        .enumerate()
+        .find(|(_, g)| g.kind == Kind::Gpu as i32);
+    if let Some((i, g)) = gpu_group {
+        if let Some(why) = switchyard_kernels::gpu_unavailable() {
+            let what = match plan.describe() {
+                d if d.is_empty() => String::new(),
+                d => format!(" ({d})"),
+            };
+            // Unnamed groups get the name normalisation gives them later.
+            let group = match g.name.as_str() {
+                "" => format!("{name}_{i}"),
+                n => n.to_string(),
+            };
             return Err(format!(
-                "model '{name}': instance group '{}' asks for KIND_GPU, but {}",
-                g.name,
-                switchyard_kernels::gpu_support().reason()
+                "model '{name}': instance group '{group}' asks for KIND_GPU{what}, but {why}"
             ));
         }
+    } else if !plan.describe().is_empty() {
+        tracing::warn!(
+            model = name,
+            gpu = %plan.describe(),
+            "GPU optimization settings have no effect: the model has no KIND_GPU instance group"
+        );
     }
-    Ok((config, has_mbs))
+    if !plan.ignored.is_empty() {
+        tracing::warn!(model = name, parameters = ?plan.ignored, "accelerator parameters accepted for Triton compatibility but not used");
+    }
+    Ok(())
 }
 
 /// Every path a config names must stay inside the model directory; none of them is read here.

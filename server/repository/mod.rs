@@ -7,6 +7,7 @@
 
 mod autocomplete;
 mod control;
+pub mod gpu;
 mod load;
 pub mod paths;
 pub mod pbtxt;
