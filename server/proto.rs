@@ -11,6 +11,12 @@ pub mod switchyard {
 }
 
 #[allow(clippy::all, missing_docs)]
+pub mod onnx {
+    //! The subset of the ONNX IR schema in `proto/onnx.proto`, read by `engine::import`.
+    tonic::include_proto!("onnx");
+}
+
+#[allow(clippy::all, missing_docs)]
 pub mod health {
     tonic::include_proto!("grpc.health.v1");
 }
