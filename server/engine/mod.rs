@@ -8,6 +8,7 @@
 //! - [`fold`]: constant folding (evaluated by the reference interpreter).
 //! - [`fuse`]: MatMul + Add(bias) [+ activation] → one [`ir::Op::Gemm`] with an epilogue.
 //! - [`reference`]: the FP32 CPU interpreter of the IR, used by tests and by folding.
+//! - [`quant`]: INT8 maths (per-channel weight scales, calibrated activation scale, int32 GEMM).
 //!
 //! # Data path
 //! `import::import_model(bytes)` → `fold::fold_constants` → `fuse::fuse_gemm` →
@@ -19,6 +20,7 @@ pub mod fuse;
 pub mod import;
 pub mod infer;
 pub mod ir;
+pub mod quant;
 pub mod reference;
 
 /// Why a model cannot be compiled or run by the engine.
