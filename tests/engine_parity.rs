@@ -283,10 +283,26 @@ fn tiny_encoder_matches_onnx_runtime() {
     let imported = engine::import::import_model(&bytes).unwrap();
     let compiled = engine::compile(&bytes).unwrap();
     let counts = compiled.op_counts();
-    // q, k, v, o, ffn1, ffn2 and the head: MatMul + bias each; the head's Tanh is fused too.
+    // q, k, v, o, ffn1, ffn2 and the head: MatMul + bias each; ffn1's Erf-written GELU and
+    // the head's Tanh are fused as epilogues.
     assert_eq!(counts.get("Gemm"), Some(&7), "{counts:?}");
     assert_eq!(counts.get("MatMul"), Some(&2), "{counts:?}");
     assert_eq!(counts.get("Tanh"), None, "{counts:?}");
+    assert_eq!(counts.get("Erf"), None, "{counts:?}");
+    let gelus = compiled
+        .nodes
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.op,
+                engine::ir::Op::Gemm(engine::ir::Gemm {
+                    activation: engine::ir::Activation::Gelu,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert_eq!(gelus, 1, "{counts:?}");
     // The three `gamma + 1` Adds of constants were folded away.
     assert!(imported.nodes.iter().any(|n| n.name == "Add_ln0_gamma"));
     assert!(!compiled.nodes.iter().any(|n| n.name.starts_with("Add_ln")));

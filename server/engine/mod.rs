@@ -6,12 +6,14 @@
 //!   dtypes are refused with the operator and node named.
 //! - [`infer`]: dtype and shape inference per node, with symbolic dims (`batch`, `sequence`).
 //! - [`fold`]: constant folding (evaluated by the reference interpreter).
-//! - [`fuse`]: MatMul + Add(bias) [+ activation] → one [`ir::Op::Gemm`] with an epilogue.
+//! - [`fuse`]: GELU written with Erf → `Gelu`; MatMul + Add(bias) [+ activation] → one
+//!   [`ir::Op::Gemm`] with an epilogue.
 //! - [`reference`]: the FP32 CPU interpreter of the IR, used by tests and by folding.
 //! - [`quant`]: INT8 maths (per-channel weight scales, calibrated activation scale, int32 GEMM).
 //!
 //! # Data path
-//! `import::import_model(bytes)` → `fold::fold_constants` → `fuse::fuse_gemm` →
+//! `import::import_model(bytes)` → `fold::fold_constants` → `fuse::fuse_erf_gelu` →
+//! `fuse::fuse_gemm` →
 //! `reference::run(graph, inputs)`. The GPU executor will lower the same graph to CUDA
 //! (see `docs/engine.md`).
 
@@ -62,6 +64,7 @@ pub enum EngineError {
 pub fn compile(model: &[u8]) -> Result<ir::Graph, EngineError> {
     let mut graph = import::import_model(model)?;
     fold::fold_constants(&mut graph)?;
+    fuse::fuse_erf_gelu(&mut graph)?;
     fuse::fuse_gemm(&mut graph)?;
     graph.remove_unused();
     Ok(graph)
