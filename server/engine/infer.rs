@@ -134,7 +134,7 @@ fn dims_product(dims: &[Dim]) -> Dim {
     let mut sym = None;
     for d in dims {
         match d {
-            Dim::Known(n) => known *= n,
+            Dim::Known(n) => known = known.saturating_mul(*n),
             Dim::Sym(s) if sym.is_none() => sym = Some(s.clone()),
             _ => return Dim::Unknown,
         }
@@ -311,7 +311,7 @@ fn infer_inner(graph: &Graph, op: &Op, inputs: &[ValueId]) -> Result<Vec<ValueTy
                 for d in 0..rank {
                     out[d] = if d == ax {
                         match (&out[d], &s[d]) {
-                            (Dim::Known(a), Dim::Known(b)) => Dim::Known(a + b),
+                            (Dim::Known(a), Dim::Known(b)) => Dim::Known(a.saturating_add(*b)),
                             _ => Dim::Unknown,
                         }
                     } else {
@@ -676,7 +676,7 @@ fn reshape_shape(input: Option<&Shape>, target: &[i64], allowzero: bool) -> Resu
         let mut in_syms: Vec<&String> = Vec::new();
         for d in input {
             match d {
-                Dim::Known(n) => in_known *= n,
+                Dim::Known(n) => in_known = in_known.saturating_mul(*n),
                 Dim::Sym(s) => in_syms.push(s),
                 Dim::Unknown => return Ok(out),
             }
@@ -687,7 +687,7 @@ fn reshape_shape(input: Option<&Shape>, target: &[i64], allowzero: bool) -> Resu
                 continue;
             }
             match d {
-                Dim::Known(n) => out_known *= n,
+                Dim::Known(n) => out_known = out_known.saturating_mul(*n),
                 Dim::Sym(s) => match in_syms.iter().position(|x| *x == s) {
                     Some(p) => {
                         in_syms.remove(p);

@@ -113,10 +113,23 @@ pub struct Tensor {
     pub data: Data,
 }
 
+/// The most elements one tensor may hold (2^31): a bad model asking for more gets an error
+/// instead of an overflow or an allocation failure.
+pub const MAX_ELEMENTS: usize = 1 << 31;
+
+/// The element count of `shape`, refused past [`MAX_ELEMENTS`].
+pub fn element_count(shape: &[usize]) -> Result<usize, String> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| format!("shape {shape:?} holds more than {MAX_ELEMENTS} elements"))
+}
+
 impl Tensor {
     /// A tensor whose element count must match its shape.
     pub fn new(shape: Vec<usize>, data: Data) -> Result<Tensor, String> {
-        let n: usize = shape.iter().product();
+        let n = element_count(&shape)?;
         if n != data.len() {
             return Err(format!(
                 "shape {shape:?} holds {n} elements but {} were given",

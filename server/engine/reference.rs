@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 
 use super::infer::{norm_axis, shape_range};
-use super::ir::{Activation, BinaryOp, DType, Data, Dim, Graph, Op, Tensor, UnaryOp};
+use super::ir::{
+    element_count, Activation, BinaryOp, DType, Data, Dim, Graph, Op, Tensor, UnaryOp,
+};
 use super::EngineError;
 
 /// Runs `graph` on named inputs and returns the graph outputs in order.
@@ -534,7 +536,10 @@ pub fn slice_range(n: usize, start: i64, end: i64, step: i64) -> Result<Vec<usiz
         let mut i = s;
         while i < e {
             out.push(i as usize);
-            i += step;
+            i = match i.checked_add(step) {
+                Some(i) => i,
+                None => break,
+            };
         }
     } else {
         s = s.clamp(-1, n - 1);
@@ -542,7 +547,10 @@ pub fn slice_range(n: usize, start: i64, end: i64, step: i64) -> Result<Vec<usiz
         let mut i = s;
         while i > e {
             out.push(i as usize);
-            i += step;
+            i = match i.checked_add(step) {
+                Some(i) => i,
+                None => break,
+            };
         }
     }
     Ok(out)
@@ -878,8 +886,10 @@ pub fn eval(op: &Op, x: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             let a = arg(0)?;
             let rank = a.shape.len();
             let p: Vec<usize> = perm.clone().unwrap_or_else(|| (0..rank).rev().collect());
-            if p.len() != rank {
-                return Err(format!("perm {p:?} does not match rank {rank}"));
+            let mut sorted = p.clone();
+            sorted.sort_unstable();
+            if sorted != (0..rank).collect::<Vec<_>>() {
+                return Err(format!("perm {p:?} is not a permutation of rank {rank}"));
             }
             let shape: Vec<usize> = p.iter().map(|&i| a.shape[i]).collect();
             let st = strides(&a.shape);
@@ -967,6 +977,14 @@ pub fn eval(op: &Op, x: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             let ax = norm_axis(*axis, a.shape.len())?;
             let n: usize = a.shape[ax..].iter().product();
             let norm_shape = a.shape[ax..].to_vec();
+            for t in x.iter().skip(1) {
+                if broadcast(&norm_shape, &t.shape)? != norm_shape {
+                    return Err(format!(
+                        "scale/bias {:?} do not broadcast to {norm_shape:?}",
+                        t.shape
+                    ));
+                }
+            }
             let sm = broadcast_map(&norm_shape, &scale.shape);
             let sv = f32s(scale, "scale")?;
             let bias = match x.get(2) {
@@ -993,6 +1011,7 @@ pub fn eval(op: &Op, x: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             let (a, s) = (arg(0)?, arg(1)?);
             let target = dims_of(&ints(s, "shape")?, "shape")?;
             let shape = broadcast(&a.shape, &target)?;
+            element_count(&shape)?;
             let idx = broadcast_map(&shape, &a.shape);
             one(Tensor {
                 shape,
@@ -1001,7 +1020,7 @@ pub fn eval(op: &Op, x: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         }
         Op::ConstantOfShape { value } => {
             let shape = dims_of(&ints(arg(0)?, "shape")?, "shape")?;
-            let n: usize = shape.iter().product();
+            let n = element_count(&shape)?;
             one(Tensor {
                 shape,
                 data: take(&value.data, &vec![0; n]),
