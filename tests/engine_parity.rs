@@ -303,6 +303,17 @@ fn tiny_encoder_matches_onnx_runtime() {
         })
         .count();
     assert_eq!(gelus, 1, "{counts:?}");
+    // Symbolic dims survive attention (Reshape with 0s, Transpose, an Expand to a computed
+    // shape), pooling and normalisation.
+    use engine::ir::Dim;
+    let (b, s) = (Dim::Sym("batch".into()), Dim::Sym("sequence".into()));
+    let shapes: Vec<_> = compiled
+        .outputs
+        .iter()
+        .map(|&o| compiled.values[o].shape.clone())
+        .collect();
+    assert_eq!(shapes[0], Some(vec![b.clone(), s, Dim::Known(16)]));
+    assert_eq!(shapes[1], Some(vec![b, Dim::Known(16)]));
     // The three `gamma + 1` Adds of constants were folded away.
     assert!(imported.nodes.iter().any(|n| n.name == "Add_ln0_gamma"));
     assert!(!compiled.nodes.iter().any(|n| n.name.starts_with("Add_ln")));

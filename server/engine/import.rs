@@ -429,6 +429,11 @@ impl Builder {
             (Domain::Onnx, "Neg") => Op::Unary(UnaryOp::Neg),
             (Domain::Onnx, "Exp") => Op::Unary(UnaryOp::Exp),
             (Domain::Onnx, "Gelu") => {
+                if opset < 20 {
+                    return Err(Fail::Unsupported(format!(
+                        "Gelu is an ai.onnx operator from opset 20, the model imports {opset}"
+                    )));
+                }
                 match attrs.string("approximate")?.as_deref() {
                     None | Some("none") => {}
                     Some(a) => {
@@ -755,6 +760,79 @@ mod tests {
         let (op, _, reason) = expect_unsupported(&model(vec![mk_node("Relu", "r", vec![])], 99));
         assert_eq!(op, "Relu");
         assert!(reason.contains("opset 99"), "{reason}");
+    }
+
+    #[test]
+    fn axes_move_from_attribute_to_input_with_the_opset() {
+        let axes_attr = pb::AttributeProto {
+            name: "axes".into(),
+            r#type: AttributeType::Ints as i32,
+            ints: vec![1],
+            ..Default::default()
+        };
+        let g = import_model(&model(
+            vec![mk_node("ReduceMean", "m", vec![axes_attr.clone()])],
+            17,
+        ))
+        .unwrap();
+        assert_eq!(
+            g.nodes[0].op,
+            Op::ReduceMean {
+                axes: Some(vec![1]),
+                keepdims: true
+            }
+        );
+        // From opset 18 the attribute is gone (refused by name) and the input is read.
+        let (_, node, reason) = expect_unsupported(&model(
+            vec![mk_node("ReduceMean", "m", vec![axes_attr])],
+            18,
+        ));
+        assert_eq!(node, "m");
+        assert!(reason.contains("'axes'"), "{reason}");
+        let mut m =
+            pb::ModelProto::decode(&model(vec![mk_node("ReduceMean", "m", vec![])], 18)[..])
+                .unwrap();
+        let graph = m.graph.as_mut().unwrap();
+        graph.node[0].input.push("ax".into());
+        graph.initializer.push(pb::TensorProto {
+            name: "ax".into(),
+            dims: vec![1],
+            data_type: 7,
+            int64_data: vec![1],
+            ..Default::default()
+        });
+        let g = import_proto(&m).unwrap();
+        assert_eq!(
+            g.nodes[0].op,
+            Op::ReduceMean {
+                axes: Some(vec![1]),
+                keepdims: true
+            }
+        );
+        assert_eq!(
+            g.values[g.outputs[0]].shape,
+            Some(vec![Dim::Sym("batch".into()), Dim::Known(1)])
+        );
+        // Softmax before opset 13 flattens to 2-D from axis 1.
+        let g = import_model(&model(vec![mk_node("Softmax", "s", vec![])], 11)).unwrap();
+        assert_eq!(
+            g.nodes[0].op,
+            Op::Softmax {
+                axis: 1,
+                coerce_2d: true
+            }
+        );
+        let g = import_model(&model(vec![mk_node("Softmax", "s", vec![])], 13)).unwrap();
+        assert_eq!(
+            g.nodes[0].op,
+            Op::Softmax {
+                axis: -1,
+                coerce_2d: false
+            }
+        );
+        // Gelu exists from opset 20 only.
+        assert!(import_model(&model(vec![mk_node("Gelu", "g", vec![])], 17)).is_err());
+        assert!(import_model(&model(vec![mk_node("Gelu", "g", vec![])], 20)).is_ok());
     }
 
     #[test]
