@@ -1,4 +1,5 @@
-//! Code generated from `proto/` by `build.rs`. Only `api/` and the config parser use it.
+//! Code generated from `proto/` by `build.rs`. Only `api/`, the config parser and the engine
+//! importer (`onnx`) use it.
 
 #[allow(clippy::all, missing_docs)]
 pub mod inference {

@@ -8,7 +8,7 @@
 //! - [`fold`]: constant folding (evaluated by the reference interpreter).
 //! - [`fuse`]: GELU written with Erf → `Gelu`; MatMul + Add(bias) [+ activation] → one
 //!   [`ir::Op::Gemm`] with an epilogue.
-//! - [`reference`]: the FP32 CPU interpreter of the IR, used by tests and by folding.
+//! - [`reference`](mod@reference): the FP32 CPU interpreter of the IR, used by tests and by folding.
 //! - [`quant`]: INT8 maths (per-channel weight scales, calibrated activation scale, int32 GEMM).
 //!
 //! # Data path
