@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/model_config.proto",
         "proto/health.proto",
         "proto/switchyard.proto",
+        // Messages only (no services): the engine importer decodes `.onnx` files with them.
+        "proto/onnx.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

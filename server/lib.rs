@@ -26,6 +26,7 @@ pub mod api;
 pub mod config;
 pub mod core;
 pub mod deploy;
+pub mod engine;
 pub mod error;
 pub mod executor;
 pub mod metrics;

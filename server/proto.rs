@@ -1,4 +1,5 @@
-//! Code generated from `proto/` by `build.rs`. Only `api/` and the config parser use it.
+//! Code generated from `proto/` by `build.rs`. Only `api/`, the config parser and the engine
+//! importer (`onnx`) use it.
 
 #[allow(clippy::all, missing_docs)]
 pub mod inference {
@@ -8,6 +9,12 @@ pub mod inference {
 #[allow(clippy::all, missing_docs)]
 pub mod switchyard {
     tonic::include_proto!("switchyard");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod onnx {
+    //! The subset of the ONNX IR schema in `proto/onnx.proto`, read by `engine::import`.
+    tonic::include_proto!("onnx");
 }
 
 #[allow(clippy::all, missing_docs)]

@@ -1,0 +1,71 @@
+//! The engine compiler's CPU-testable core: ONNX → IR → passes → FP32 reference.
+//!
+//! # Layout
+//! - [`ir`]: the typed graph (values with symbolic shapes, constants, nodes with typed ops).
+//! - [`import`]: ONNX `ModelProto` → [`ir::Graph`]; unsupported operators, attributes and
+//!   dtypes are refused with the operator and node named.
+//! - [`infer`]: dtype and shape inference per node, with symbolic dims (`batch`, `sequence`).
+//! - [`fold`]: constant folding (evaluated by the reference interpreter).
+//! - [`fuse`]: GELU written with Erf → `Gelu`; MatMul + Add(bias) [+ activation] → one
+//!   [`ir::Op::Gemm`] with an epilogue.
+//! - [`reference`](mod@reference): the FP32 CPU interpreter of the IR, used by tests and by folding.
+//! - [`quant`]: INT8 maths (per-channel weight scales, calibrated activation scale, int32 GEMM).
+//!
+//! # Data path
+//! `import::import_model(bytes)` → `fold::fold_constants` → `fuse::fuse_erf_gelu` →
+//! `fuse::fuse_gemm` →
+//! `reference::run(graph, inputs)`. The GPU executor will lower the same graph to CUDA
+//! (see `docs/engine.md`).
+
+pub mod fold;
+pub mod fuse;
+pub mod import;
+pub mod infer;
+pub mod ir;
+pub mod quant;
+pub mod reference;
+
+/// Why a model cannot be compiled or run by the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The bytes are not an ONNX model.
+    #[error("cannot decode ONNX model: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// A construct the engine does not implement (operator, attribute, dtype, opset).
+    #[error("unsupported operator {op} (node '{node}'): {reason}")]
+    Unsupported {
+        op: String,
+        node: String,
+        reason: String,
+    },
+    /// A node that is malformed (wrong input count, bad attribute value, type mismatch).
+    #[error("invalid node {op} '{node}': {reason}")]
+    InvalidNode {
+        op: String,
+        node: String,
+        reason: String,
+    },
+    /// A graph-level problem (undefined value, missing graph, bad declared type).
+    #[error("invalid model: {0}")]
+    Model(String),
+    /// The reference interpreter could not evaluate a node on the given inputs.
+    #[error("evaluation of {op} '{node}' failed: {reason}")]
+    Eval {
+        op: String,
+        node: String,
+        reason: String,
+    },
+    /// Inputs given to the reference interpreter do not match the graph.
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+/// The full pipeline used by tests and, later, by the GPU compiler: import, fold, fuse.
+pub fn compile(model: &[u8]) -> Result<ir::Graph, EngineError> {
+    let mut graph = import::import_model(model)?;
+    fold::fold_constants(&mut graph)?;
+    fuse::fuse_erf_gelu(&mut graph)?;
+    fuse::fuse_gemm(&mut graph)?;
+    graph.remove_unused();
+    Ok(graph)
+}

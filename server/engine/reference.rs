@@ -1,0 +1,1088 @@
+//! The FP32 CPU reference interpreter of the IR: plain loops, written to be checked by eye,
+//! not to be fast. Tests compare it with ONNX Runtime, and constant folding evaluates nodes
+//! with it, so the GPU kernels will have one trusted answer to match.
+//!
+//! Data-movement operators (Concat, Gather, Slice, Transpose, Expand, Where, ...) compute a
+//! list of source element indices and [`take`] them, so they work for every dtype at once.
+
+use std::collections::HashMap;
+
+use super::infer::{norm_axis, shape_range};
+use super::ir::{
+    element_count, Activation, BinaryOp, DType, Data, Dim, Graph, Op, Tensor, UnaryOp,
+};
+use super::EngineError;
+
+/// Runs `graph` on named inputs and returns the graph outputs in order.
+pub fn run(graph: &Graph, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>, EngineError> {
+    let mut env: HashMap<usize, Tensor> = HashMap::new();
+    let mut symbols: HashMap<String, usize> = HashMap::new();
+    for &id in &graph.inputs {
+        let v = &graph.values[id];
+        let (_, t) = inputs
+            .iter()
+            .find(|(n, _)| *n == v.name)
+            .ok_or_else(|| EngineError::Input(format!("input '{}' is missing", v.name)))?;
+        if t.dtype() != v.dtype {
+            return Err(EngineError::Input(format!(
+                "input '{}' is {}, the model expects {}",
+                v.name,
+                t.dtype(),
+                v.dtype
+            )));
+        }
+        if let Some(dims) = &v.shape {
+            check_dims(&v.name, dims, &t.shape, &mut symbols)?;
+        }
+        env.insert(id, t.clone());
+    }
+    if let Some((n, _)) = inputs
+        .iter()
+        .find(|(n, _)| !graph.find(n).is_some_and(|id| graph.inputs.contains(&id)))
+    {
+        return Err(EngineError::Input(format!("the model has no input '{n}'")));
+    }
+    for node in &graph.nodes {
+        let args: Vec<&Tensor> = node
+            .inputs
+            .iter()
+            .map(|id| {
+                env.get(id)
+                    .or_else(|| graph.constants.get(id))
+                    .ok_or_else(|| {
+                        EngineError::Model(format!(
+                            "value '{}' is read before it is computed",
+                            graph.values[*id].name
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let outs = eval(&node.op, &args).map_err(|reason| EngineError::Eval {
+            op: node.op.name().into(),
+            node: node.name.clone(),
+            reason,
+        })?;
+        for (&o, t) in node.outputs.iter().zip(outs) {
+            env.insert(o, t);
+        }
+    }
+    graph
+        .outputs
+        .iter()
+        .map(|id| {
+            env.get(id)
+                .or_else(|| graph.constants.get(id))
+                .cloned()
+                .ok_or_else(|| {
+                    EngineError::Model(format!(
+                        "output '{}' is never computed",
+                        graph.values[*id].name
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Checks concrete dims against declared ones, binding symbols consistently across inputs.
+fn check_dims(
+    name: &str,
+    dims: &[Dim],
+    actual: &[usize],
+    symbols: &mut HashMap<String, usize>,
+) -> Result<(), EngineError> {
+    let bad = || {
+        EngineError::Input(format!(
+            "input '{name}' has shape {actual:?}, the model expects {}",
+            super::ir::shape_string(&Some(dims.to_vec()))
+        ))
+    };
+    if dims.len() != actual.len() {
+        return Err(bad());
+    }
+    for (d, &n) in dims.iter().zip(actual) {
+        match d {
+            Dim::Known(k) if *k != n => return Err(bad()),
+            Dim::Sym(s) => {
+                let bound = *symbols.entry(s.clone()).or_insert(n);
+                if bound != n {
+                    return Err(EngineError::Input(format!(
+                        "input '{name}' has {s} = {n}, another input set it to {bound}"
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Concrete numpy broadcasting.
+fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let rank = a.len().max(b.len());
+    (0..rank)
+        .map(|i| {
+            let da = if i + a.len() >= rank {
+                a[i + a.len() - rank]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= rank {
+                b[i + b.len() - rank]
+            } else {
+                1
+            };
+            match (da, db) {
+                (x, y) if x == y => Ok(x),
+                (1, y) => Ok(y),
+                (x, 1) => Ok(x),
+                (x, y) => Err(format!(
+                    "shapes {a:?} and {b:?} cannot be broadcast ({x} vs {y})"
+                )),
+            }
+        })
+        .collect()
+}
+
+/// For every element of `out`, the flat index of the element of `input` broadcast onto it.
+fn broadcast_map(out: &[usize], input: &[usize]) -> Vec<usize> {
+    let n: usize = out.iter().product();
+    let rank = out.len();
+    let in_strides = strides(input);
+    // Stride 0 where the input dim is 1 (or missing): that element repeats.
+    let eff: Vec<usize> = (0..rank)
+        .map(|i| {
+            if i + input.len() < rank {
+                0
+            } else {
+                let j = i + input.len() - rank;
+                if input[j] == 1 {
+                    0
+                } else {
+                    in_strides[j]
+                }
+            }
+        })
+        .collect();
+    let mut idx = vec![0usize; rank];
+    let mut map = Vec::with_capacity(n);
+    for _ in 0..n {
+        map.push(idx.iter().zip(&eff).map(|(i, s)| i * s).sum());
+        for d in (0..rank).rev() {
+            idx[d] += 1;
+            if idx[d] < out[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    map
+}
+
+/// The elements of `data` at flat indices `idx`, in that order.
+pub fn take(data: &Data, idx: &[usize]) -> Data {
+    fn pick<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
+        idx.iter().map(|&i| v[i]).collect()
+    }
+    match data {
+        Data::F32(v) => Data::F32(pick(v, idx)),
+        Data::F64(v) => Data::F64(pick(v, idx)),
+        Data::I32(v) => Data::I32(pick(v, idx)),
+        Data::I64(v) => Data::I64(pick(v, idx)),
+        Data::Bool(v) => Data::Bool(pick(v, idx)),
+    }
+}
+
+/// Joins same-dtype buffers end to end.
+fn concat_data(parts: &[&Data]) -> Result<Data, String> {
+    macro_rules! join {
+        ($variant:ident) => {{
+            let mut out = Vec::new();
+            for p in parts {
+                match p {
+                    Data::$variant(v) => out.extend_from_slice(v),
+                    _ => return Err("inputs must have the same type".into()),
+                }
+            }
+            Data::$variant(out)
+        }};
+    }
+    Ok(match parts.first() {
+        None => return Err("no inputs".into()),
+        Some(Data::F32(_)) => join!(F32),
+        Some(Data::F64(_)) => join!(F64),
+        Some(Data::I32(_)) => join!(I32),
+        Some(Data::I64(_)) => join!(I64),
+        Some(Data::Bool(_)) => join!(Bool),
+    })
+}
+
+fn f32s<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32], String> {
+    t.as_f32s()
+        .ok_or_else(|| format!("{what} must be float32, is {}", t.dtype()))
+}
+
+fn ints(t: &Tensor, what: &str) -> Result<Vec<i64>, String> {
+    t.as_i64s()
+        .ok_or_else(|| format!("{what} must be an integer tensor, is {}", t.dtype()))
+}
+
+fn dims_of(v: &[i64], what: &str) -> Result<Vec<usize>, String> {
+    v.iter()
+        .map(|&n| usize::try_from(n).map_err(|_| format!("{what} has a negative dim {n}")))
+        .collect()
+}
+
+fn erf(x: f32) -> f32 {
+    erf_f64(x as f64) as f32
+}
+
+/// erf by its Maclaurin series in f64. Below |x| = 4 the largest term is about 1e7, so about
+/// 1e-9 absolute accuracy remains, far below f32's resolution; above it erf rounds to ±1 in
+/// f32 (erfc(4) ≈ 1.5e-8).
+fn erf_f64(x: f64) -> f64 {
+    if x.abs() >= 4.0 {
+        return x.signum();
+    }
+    // erf(x) = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1))
+    let x2 = x * x;
+    let mut term = x; // (-1)^n x^(2n+1) / n!
+    let mut sum = x;
+    let mut n = 0.0;
+    while term.abs() > 1e-17 * sum.abs().max(1e-300) || n < 3.0 {
+        n += 1.0;
+        term *= -x2 / n;
+        sum += term / (2.0 * n + 1.0);
+        if n > 200.0 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+fn unary(u: UnaryOp, x: f32) -> f32 {
+    match u {
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Sigmoid => {
+            // Split by sign so exp never overflows.
+            if x >= 0.0 {
+                1.0 / (1.0 + (-x).exp())
+            } else {
+                let e = x.exp();
+                e / (1.0 + e)
+            }
+        }
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Erf => erf(x),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2)),
+    }
+}
+
+fn activate(a: Activation, x: f32) -> f32 {
+    match a {
+        Activation::None => x,
+        Activation::Relu => unary(UnaryOp::Relu, x),
+        Activation::Sigmoid => unary(UnaryOp::Sigmoid, x),
+        Activation::Tanh => unary(UnaryOp::Tanh, x),
+        Activation::Gelu => unary(UnaryOp::Gelu, x),
+    }
+}
+
+fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    let shape = broadcast(&a.shape, &b.shape)?;
+    let ia = broadcast_map(&shape, &a.shape);
+    let ib = broadcast_map(&shape, &b.shape);
+    fn zip<T: Copy, U>(
+        x: &[T],
+        ia: &[usize],
+        y: &[T],
+        ib: &[usize],
+        f: impl Fn(T, T) -> Result<U, String>,
+    ) -> Result<Vec<U>, String> {
+        ia.iter().zip(ib).map(|(&i, &j)| f(x[i], y[j])).collect()
+    }
+    macro_rules! int_op {
+        ($x:expr, $y:expr, $variant:ident) => {
+            Data::$variant(zip($x, &ia, $y, &ib, |p, q| match op {
+                BinaryOp::Add => Ok(p.wrapping_add(q)),
+                BinaryOp::Sub => Ok(p.wrapping_sub(q)),
+                BinaryOp::Mul => Ok(p.wrapping_mul(q)),
+                BinaryOp::Div => p
+                    .checked_div(q)
+                    .ok_or_else(|| "integer division by zero".to_string()),
+                BinaryOp::Pow => Err("Pow on integers is not supported".to_string()),
+            })?)
+        };
+    }
+    let data = match (&a.data, &b.data) {
+        (Data::F32(x), Data::F32(y)) => Data::F32(zip(x, &ia, y, &ib, |p, q| {
+            Ok(match op {
+                BinaryOp::Add => p + q,
+                BinaryOp::Sub => p - q,
+                BinaryOp::Mul => p * q,
+                BinaryOp::Div => p / q,
+                BinaryOp::Pow => p.powf(q),
+            })
+        })?),
+        (Data::I64(x), Data::I64(y)) => int_op!(x, y, I64),
+        (Data::I32(x), Data::I32(y)) => int_op!(x, y, I32),
+        _ => {
+            return Err(format!(
+                "{op:?} is not supported on {} and {}",
+                a.dtype(),
+                b.dtype()
+            ))
+        }
+    };
+    Ok(Tensor { shape, data })
+}
+
+fn equal(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    let shape = broadcast(&a.shape, &b.shape)?;
+    let ia = broadcast_map(&shape, &a.shape);
+    let ib = broadcast_map(&shape, &b.shape);
+    fn eq<T: PartialEq>(x: &[T], ia: &[usize], y: &[T], ib: &[usize]) -> Vec<bool> {
+        ia.iter().zip(ib).map(|(&i, &j)| x[i] == y[j]).collect()
+    }
+    let v = match (&a.data, &b.data) {
+        (Data::F32(x), Data::F32(y)) => eq(x, &ia, y, &ib),
+        (Data::F64(x), Data::F64(y)) => eq(x, &ia, y, &ib),
+        (Data::I32(x), Data::I32(y)) => eq(x, &ia, y, &ib),
+        (Data::I64(x), Data::I64(y)) => eq(x, &ia, y, &ib),
+        (Data::Bool(x), Data::Bool(y)) => eq(x, &ia, y, &ib),
+        _ => return Err("inputs must have the same type".into()),
+    };
+    Ok(Tensor {
+        shape,
+        data: Data::Bool(v),
+    })
+}
+
+fn cast(t: &Tensor, to: DType) -> Tensor {
+    // Through f64, which holds every f32, i32 and (for the magnitudes shape maths uses) i64
+    // exactly; float → int truncates toward zero and saturates, as ONNX Runtime's casts do.
+    macro_rules! conv {
+        ($v:expr) => {{
+            let wide: Vec<f64> = $v.iter().map(|&x| x as f64).collect();
+            match to {
+                DType::F32 => Data::F32(wide.iter().map(|&x| x as f32).collect()),
+                DType::F64 => Data::F64(wide),
+                DType::I32 => Data::I32(wide.iter().map(|&x| x as i32).collect()),
+                DType::I64 => Data::I64(wide.iter().map(|&x| x as i64).collect()),
+                DType::Bool => Data::Bool(wide.iter().map(|&x| x != 0.0).collect()),
+            }
+        }};
+    }
+    let data = match (&t.data, to) {
+        (d, to) if d.dtype() == to => d.clone(),
+        // Integer to integer directly: i64 values beyond 2^53 (Slice's INT64_MAX ends) must
+        // survive.
+        (Data::I32(v), DType::I64) => Data::I64(v.iter().map(|&x| x as i64).collect()),
+        (Data::I64(v), DType::I32) => Data::I32(v.iter().map(|&x| x as i32).collect()),
+        (Data::F32(v), _) => conv!(v),
+        (Data::F64(v), _) => conv!(v),
+        (Data::I32(v), _) => conv!(v),
+        (Data::I64(v), _) => conv!(v),
+        (Data::Bool(v), _) => {
+            let as_u8: Vec<u8> = v.iter().map(|&b| b as u8).collect();
+            conv!(as_u8)
+        }
+    };
+    Tensor {
+        shape: t.shape.clone(),
+        data,
+    }
+}
+
+/// Batched matrix product with numpy broadcasting of the leading dims.
+fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    let (x, y) = (f32s(a, "A")?, f32s(b, "B")?);
+    if a.shape.is_empty() || b.shape.is_empty() {
+        return Err("inputs must have rank >= 1".into());
+    }
+    let mut sa = a.shape.clone();
+    let mut sb = b.shape.clone();
+    if sa.len() == 1 {
+        sa.insert(0, 1);
+    }
+    if sb.len() == 1 {
+        sb.push(1);
+    }
+    let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (kb, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+    if k != kb {
+        return Err(format!(
+            "inner dims differ: A {:?} B {:?}",
+            a.shape, b.shape
+        ));
+    }
+    let batch = broadcast(&sa[..sa.len() - 2], &sb[..sb.len() - 2])?;
+    let ba = broadcast_map(&batch, &sa[..sa.len() - 2]);
+    let bb = broadcast_map(&batch, &sb[..sb.len() - 2]);
+    let mut out = vec![0f32; ba.len() * m * n];
+    for (bi, (&ia, &ib)) in ba.iter().zip(&bb).enumerate() {
+        let (xa, yb) = (&x[ia * m * k..], &y[ib * k * n..]);
+        let o = &mut out[bi * m * n..];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0f32;
+                for p in 0..k {
+                    acc += xa[i * k + p] * yb[p * n + j];
+                }
+                o[i * n + j] = acc;
+            }
+        }
+    }
+    let mut shape = batch;
+    if a.shape.len() > 1 {
+        shape.push(m);
+    }
+    if b.shape.len() > 1 {
+        shape.push(n);
+    }
+    Tensor::f32(shape, out)
+}
+
+fn gemm(g: &super::ir::Gemm, a: &Tensor, b: &Tensor, c: Option<&Tensor>) -> Result<Tensor, String> {
+    let (x, y) = (f32s(a, "A")?, f32s(b, "B")?);
+    if b.shape.len() != 2 || a.shape.is_empty() || (g.trans_a && a.shape.len() != 2) {
+        return Err(format!(
+            "unsupported ranks: A {:?} B {:?}",
+            a.shape, b.shape
+        ));
+    }
+    let (m, k) = if g.trans_a {
+        (a.shape[1], a.shape[0])
+    } else {
+        let k = a.shape[a.shape.len() - 1];
+        (a.len() / k.max(1), k)
+    };
+    let (kb, n) = if g.trans_b {
+        (b.shape[1], b.shape[0])
+    } else {
+        (b.shape[0], b.shape[1])
+    };
+    if k != kb {
+        return Err(format!(
+            "inner dims differ: A {:?} B {:?}",
+            a.shape, b.shape
+        ));
+    }
+    let mut shape: Vec<usize> = if g.trans_a {
+        vec![m]
+    } else {
+        a.shape[..a.shape.len() - 1].to_vec()
+    };
+    shape.push(n);
+    let bias = match c {
+        None => None,
+        Some(c) => {
+            let full = broadcast(&shape, &c.shape)?;
+            if full != shape {
+                return Err(format!("C {:?} does not broadcast to {shape:?}", c.shape));
+            }
+            Some((f32s(c, "C")?, broadcast_map(&shape, &c.shape)))
+        }
+    };
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0f32;
+            for p in 0..k {
+                let av = if g.trans_a {
+                    x[p * m + i]
+                } else {
+                    x[i * k + p]
+                };
+                let bv = if g.trans_b {
+                    y[j * k + p]
+                } else {
+                    y[p * n + j]
+                };
+                acc += av * bv;
+            }
+            let mut v = g.alpha * acc;
+            if let Some((cv, map)) = &bias {
+                v += g.beta * cv[map[i * n + j]];
+            }
+            out[i * n + j] = activate(g.activation, v);
+        }
+    }
+    Tensor::f32(shape, out)
+}
+
+/// The indices `Slice` picks from a dim of size `n` (ONNX clamping rules).
+pub fn slice_range(n: usize, start: i64, end: i64, step: i64) -> Result<Vec<usize>, String> {
+    if step == 0 {
+        return Err("step must not be 0".into());
+    }
+    let n = n as i64;
+    let fix = |x: i64| if x < 0 { x + n } else { x };
+    let (mut s, mut e) = (fix(start), fix(end));
+    let mut out = Vec::new();
+    if step > 0 {
+        s = s.clamp(0, n);
+        e = e.clamp(0, n);
+        let mut i = s;
+        while i < e {
+            out.push(i as usize);
+            i = match i.checked_add(step) {
+                Some(i) => i,
+                None => break,
+            };
+        }
+    } else {
+        s = s.clamp(-1, n - 1);
+        e = e.clamp(-1, n - 1);
+        let mut i = s;
+        while i > e {
+            out.push(i as usize);
+            i = match i.checked_add(step) {
+                Some(i) => i,
+                None => break,
+            };
+        }
+    }
+    Ok(out)
+}
+
+/// Source indices for picking, along each axis, the listed positions (a cartesian product).
+fn select_axes(shape: &[usize], picks: &[Vec<usize>]) -> Vec<usize> {
+    let st = strides(shape);
+    let mut idx = vec![0usize];
+    for (d, p) in picks.iter().enumerate() {
+        let mut next = Vec::with_capacity(idx.len() * p.len());
+        for &base in &idx {
+            for &i in p {
+                next.push(base + i * st[d]);
+            }
+        }
+        idx = next;
+    }
+    idx
+}
+
+/// Evaluates one operator on concrete inputs.
+pub fn eval(op: &Op, x: &[&Tensor]) -> Result<Vec<Tensor>, String> {
+    let arg = |i: usize| {
+        x.get(i)
+            .copied()
+            .ok_or_else(|| format!("missing input {i}"))
+    };
+    let one = |t: Tensor| -> Result<Vec<Tensor>, String> { Ok(vec![t]) };
+    match op {
+        Op::Unary(u) => {
+            let a = arg(0)?;
+            one(Tensor::f32(
+                a.shape.clone(),
+                f32s(a, "input")?.iter().map(|&v| unary(*u, v)).collect(),
+            )?)
+        }
+        Op::Binary(b) => one(binary(*b, arg(0)?, arg(1)?)?),
+        Op::Equal => one(equal(arg(0)?, arg(1)?)?),
+        Op::Where => {
+            let (c, a, b) = (arg(0)?, arg(1)?, arg(2)?);
+            let Data::Bool(cv) = &c.data else {
+                return Err("condition must be bool".into());
+            };
+            let shape = broadcast(&broadcast(&c.shape, &a.shape)?, &b.shape)?;
+            let (ic, ia, ib) = (
+                broadcast_map(&shape, &c.shape),
+                broadcast_map(&shape, &a.shape),
+                broadcast_map(&shape, &b.shape),
+            );
+            let both = concat_data(&[&a.data, &b.data])?;
+            let idx: Vec<usize> = (0..ic.len())
+                .map(|i| if cv[ic[i]] { ia[i] } else { a.len() + ib[i] })
+                .collect();
+            one(Tensor {
+                shape,
+                data: take(&both, &idx),
+            })
+        }
+        Op::Identity => one(arg(0)?.clone()),
+        Op::Cast { to } => one(cast(arg(0)?, *to)),
+        Op::MatMul => one(matmul(arg(0)?, arg(1)?)?),
+        Op::Gemm(g) => one(gemm(g, arg(0)?, arg(1)?, x.get(2).copied())?),
+        Op::Scaler { offset, scale } => {
+            let a = cast(arg(0)?, DType::F32);
+            let v = f32s(&a, "input")?;
+            let c = a.shape.last().copied().unwrap_or(1).max(1);
+            let pick = |p: &[f32], i: usize| {
+                if p.len() == 1 {
+                    p[0]
+                } else {
+                    p.get(i % c).copied().unwrap_or(0.0)
+                }
+            };
+            if (offset.len() != 1 && offset.len() != c) || (scale.len() != 1 && scale.len() != c) {
+                return Err(format!(
+                    "offset/scale lengths {}/{} do not match {c} features",
+                    offset.len(),
+                    scale.len()
+                ));
+            }
+            one(Tensor::f32(
+                a.shape.clone(),
+                v.iter()
+                    .enumerate()
+                    .map(|(i, &x)| (x - pick(offset, i)) * pick(scale, i))
+                    .collect(),
+            )?)
+        }
+        Op::Concat { axis } => {
+            let first = arg(0)?;
+            let rank = first.shape.len();
+            let ax = norm_axis(*axis, rank)?;
+            for t in x {
+                if t.shape.len() != rank
+                    || (0..rank).any(|d| d != ax && t.shape[d] != first.shape[d])
+                {
+                    return Err(format!(
+                        "shapes {:?} and {:?} cannot be joined on axis {ax}",
+                        first.shape, t.shape
+                    ));
+                }
+            }
+            let outer: usize = first.shape[..ax].iter().product();
+            let inner: usize = first.shape[ax + 1..].iter().product();
+            let mut bases = Vec::new();
+            let mut base = 0;
+            for t in x {
+                bases.push(base);
+                base += t.len();
+            }
+            let mut idx = Vec::with_capacity(base);
+            for o in 0..outer {
+                for (t, &b) in x.iter().zip(&bases) {
+                    let block = t.shape[ax] * inner;
+                    idx.extend(b + o * block..b + (o + 1) * block);
+                }
+            }
+            let all = concat_data(&x.iter().map(|t| &t.data).collect::<Vec<_>>())?;
+            let mut shape = first.shape.clone();
+            shape[ax] = x.iter().map(|t| t.shape[ax]).sum();
+            one(Tensor {
+                shape,
+                data: take(&all, &idx),
+            })
+        }
+        Op::ArgMax {
+            axis,
+            keepdims,
+            select_last_index,
+        } => {
+            let a = arg(0)?;
+            let ax = norm_axis(*axis, a.shape.len())?;
+            let v: Vec<f64> = match &a.data {
+                Data::F32(v) => v.iter().map(|&x| x as f64).collect(),
+                Data::F64(v) => v.clone(),
+                Data::I32(v) => v.iter().map(|&x| x as f64).collect(),
+                Data::I64(v) => v.iter().map(|&x| x as f64).collect(),
+                Data::Bool(_) => return Err("ArgMax on bool".into()),
+            };
+            let (outer, n) = (a.shape[..ax].iter().product::<usize>(), a.shape[ax]);
+            let inner: usize = a.shape[ax + 1..].iter().product();
+            if n == 0 {
+                return Err("ArgMax over an empty axis".into());
+            }
+            let mut out = Vec::with_capacity(outer * inner);
+            for o in 0..outer {
+                for i in 0..inner {
+                    let mut best = 0;
+                    for j in 1..n {
+                        let (cur, b) = (v[(o * n + j) * inner + i], v[(o * n + best) * inner + i]);
+                        if cur > b || (*select_last_index && cur == b) {
+                            best = j;
+                        }
+                    }
+                    out.push(best as i64);
+                }
+            }
+            let mut shape = a.shape.clone();
+            if *keepdims {
+                shape[ax] = 1;
+            } else {
+                shape.remove(ax);
+            }
+            one(Tensor::i64(shape, out)?)
+        }
+        Op::ArrayFeatureExtractor => {
+            let (a, y) = (arg(0)?, arg(1)?);
+            let idx = ints(y, "indices")?;
+            let stride = a.shape.last().copied().unwrap_or(1);
+            let outer = a.len().checked_div(stride).unwrap_or(0);
+            let mut src = Vec::with_capacity(outer * idx.len());
+            for o in 0..outer {
+                for &i in &idx {
+                    let i = usize::try_from(i)
+                        .ok()
+                        .filter(|&i| i < stride)
+                        .ok_or_else(|| {
+                            format!("index {i} is out of range for {stride} features")
+                        })?;
+                    src.push(o * stride + i);
+                }
+            }
+            let shape = if a.shape.len() <= 1 {
+                vec![1, idx.len()]
+            } else {
+                let mut s = a.shape[..a.shape.len() - 1].to_vec();
+                s.push(idx.len());
+                s
+            };
+            one(Tensor {
+                shape,
+                data: take(&a.data, &src),
+            })
+        }
+        Op::Reshape { allowzero } => {
+            let (a, s) = (arg(0)?, arg(1)?);
+            let target = ints(s, "shape")?;
+            let mut shape = Vec::with_capacity(target.len());
+            let mut infer_at = None;
+            for (i, &t) in target.iter().enumerate() {
+                shape.push(match t {
+                    -1 => {
+                        if infer_at.replace(i).is_some() {
+                            return Err("more than one -1 in shape".into());
+                        }
+                        1
+                    }
+                    0 if !allowzero => *a.shape.get(i).ok_or("0 in shape past the input's rank")?,
+                    t if t >= 0 => t as usize,
+                    t => return Err(format!("invalid dim {t}")),
+                });
+            }
+            if let Some(at) = infer_at {
+                let rest: usize = shape.iter().product();
+                if rest == 0 || a.len() % rest != 0 {
+                    return Err(format!("cannot reshape {:?} into {target:?}", a.shape));
+                }
+                shape[at] = a.len() / rest;
+            }
+            one(Tensor::new(shape, a.data.clone())
+                .map_err(|e| format!("cannot reshape {:?} into {target:?}: {e}", a.shape))?)
+        }
+        Op::Unsqueeze { axes } => {
+            let a = arg(0)?;
+            let rank = a.shape.len() + axes.len();
+            let ax: Vec<usize> = axes
+                .iter()
+                .map(|&x| norm_axis(x, rank))
+                .collect::<Result<_, _>>()?;
+            let mut it = a.shape.iter();
+            let shape = (0..rank)
+                .map(|d| {
+                    if ax.contains(&d) {
+                        1
+                    } else {
+                        it.next().copied().unwrap_or(1)
+                    }
+                })
+                .collect();
+            one(Tensor::new(shape, a.data.clone())?)
+        }
+        Op::Squeeze { axes } => {
+            let a = arg(0)?;
+            let ax: Vec<usize> = match axes {
+                Some(axes) => axes
+                    .iter()
+                    .map(|&x| norm_axis(x, a.shape.len()))
+                    .collect::<Result<_, _>>()?,
+                None => (0..a.shape.len()).filter(|&d| a.shape[d] == 1).collect(),
+            };
+            if let Some(&d) = ax.iter().find(|&&d| a.shape[d] != 1) {
+                return Err(format!("cannot squeeze axis {d} of size {}", a.shape[d]));
+            }
+            let shape = a
+                .shape
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !ax.contains(i))
+                .map(|(_, &d)| d)
+                .collect();
+            one(Tensor::new(shape, a.data.clone())?)
+        }
+        Op::Gather { axis } => {
+            let (a, q) = (arg(0)?, arg(1)?);
+            let ax = norm_axis(*axis, a.shape.len())?;
+            let n = a.shape[ax] as i64;
+            let idx: Vec<usize> = ints(q, "indices")?
+                .into_iter()
+                .map(|i| {
+                    let j = if i < 0 { i + n } else { i };
+                    if j < 0 || j >= n {
+                        Err(format!("index {i} is out of range for a dim of {n}"))
+                    } else {
+                        Ok(j as usize)
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            let outer: usize = a.shape[..ax].iter().product();
+            let inner: usize = a.shape[ax + 1..].iter().product();
+            let mut src = Vec::with_capacity(outer * idx.len() * inner);
+            for o in 0..outer {
+                for &i in &idx {
+                    src.extend((0..inner).map(|k| (o * a.shape[ax] + i) * inner + k));
+                }
+            }
+            let mut shape = a.shape[..ax].to_vec();
+            shape.extend_from_slice(&q.shape);
+            shape.extend_from_slice(&a.shape[ax + 1..]);
+            one(Tensor {
+                shape,
+                data: take(&a.data, &src),
+            })
+        }
+        Op::Shape { start, end } => {
+            let a = arg(0)?;
+            let (s, e) = shape_range(a.shape.len(), *start, *end);
+            let dims: Vec<i64> = a.shape[s..e].iter().map(|&d| d as i64).collect();
+            one(Tensor::i64(vec![dims.len()], dims)?)
+        }
+        Op::Slice => {
+            let a = arg(0)?;
+            let starts = ints(arg(1)?, "starts")?;
+            let ends = ints(arg(2)?, "ends")?;
+            let axes: Vec<usize> = match x.get(3) {
+                Some(t) => ints(t, "axes")?
+                    .into_iter()
+                    .map(|v| norm_axis(v, a.shape.len()))
+                    .collect::<Result<_, _>>()?,
+                None => (0..starts.len()).collect(),
+            };
+            let steps = match x.get(4) {
+                Some(t) => ints(t, "steps")?,
+                None => vec![1; starts.len()],
+            };
+            if ends.len() != starts.len()
+                || axes.len() != starts.len()
+                || steps.len() != starts.len()
+            {
+                return Err("starts, ends, axes and steps must have the same length".into());
+            }
+            let mut picks: Vec<Vec<usize>> = a.shape.iter().map(|&n| (0..n).collect()).collect();
+            for j in 0..starts.len() {
+                picks[axes[j]] = slice_range(a.shape[axes[j]], starts[j], ends[j], steps[j])?;
+            }
+            let shape = picks.iter().map(Vec::len).collect();
+            one(Tensor {
+                shape,
+                data: take(&a.data, &select_axes(&a.shape, &picks)),
+            })
+        }
+        Op::Transpose { perm } => {
+            let a = arg(0)?;
+            let rank = a.shape.len();
+            let p: Vec<usize> = perm.clone().unwrap_or_else(|| (0..rank).rev().collect());
+            let mut sorted = p.clone();
+            sorted.sort_unstable();
+            if sorted != (0..rank).collect::<Vec<_>>() {
+                return Err(format!("perm {p:?} is not a permutation of rank {rank}"));
+            }
+            let shape: Vec<usize> = p.iter().map(|&i| a.shape[i]).collect();
+            let st = strides(&a.shape);
+            let out_strides: Vec<usize> = p.iter().map(|&i| st[i]).collect();
+            // Walk the output in order; output dim d steps the input by out_strides[d].
+            let mut idx = vec![0usize];
+            for (&n, &s) in shape.iter().zip(&out_strides) {
+                idx = idx
+                    .iter()
+                    .flat_map(|&b| (0..n).map(move |i| b + i * s))
+                    .collect();
+            }
+            one(Tensor {
+                shape,
+                data: take(&a.data, &idx),
+            })
+        }
+        Op::ReduceMean { axes, keepdims } => {
+            let a = arg(0)?;
+            let v = f32s(a, "input")?;
+            let rank = a.shape.len();
+            let ax: Vec<usize> = match axes {
+                Some(axes) => axes
+                    .iter()
+                    .map(|&x| norm_axis(x, rank))
+                    .collect::<Result<_, _>>()?,
+                None => (0..rank).collect(),
+            };
+            let kept: Vec<usize> = (0..rank)
+                .map(|d| if ax.contains(&d) { 1 } else { a.shape[d] })
+                .collect();
+            let count: usize = ax.iter().map(|&d| a.shape[d]).product();
+            let map = broadcast_map(&a.shape, &kept);
+            let mut sums = vec![0f64; kept.iter().product()];
+            for (i, &m) in map.iter().enumerate() {
+                sums[m] += v[i] as f64;
+            }
+            let out: Vec<f32> = sums
+                .iter()
+                .map(|s| (s / count.max(1) as f64) as f32)
+                .collect();
+            let shape = if *keepdims {
+                kept
+            } else {
+                (0..rank)
+                    .filter(|d| !ax.contains(d))
+                    .map(|d| a.shape[d])
+                    .collect()
+            };
+            one(Tensor::f32(shape, out)?)
+        }
+        Op::Softmax { axis, coerce_2d } => {
+            let a = arg(0)?;
+            let v = f32s(a, "input")?;
+            let ax = norm_axis(*axis, a.shape.len())?;
+            let (outer, n, inner) = if *coerce_2d {
+                (
+                    a.shape[..ax].iter().product::<usize>(),
+                    a.shape[ax..].iter().product::<usize>(),
+                    1,
+                )
+            } else {
+                (
+                    a.shape[..ax].iter().product(),
+                    a.shape[ax],
+                    a.shape[ax + 1..].iter().product(),
+                )
+            };
+            let mut out = v.to_vec();
+            for o in 0..outer {
+                for i in 0..inner {
+                    let at = |j: usize| (o * n + j) * inner + i;
+                    let max = (0..n).map(|j| v[at(j)]).fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f32 = (0..n).map(|j| (v[at(j)] - max).exp()).sum();
+                    for j in 0..n {
+                        out[at(j)] = (v[at(j)] - max).exp() / sum;
+                    }
+                }
+            }
+            one(Tensor::f32(a.shape.clone(), out)?)
+        }
+        Op::LayerNorm { axis, epsilon } => {
+            let (a, scale) = (arg(0)?, arg(1)?);
+            let v = f32s(a, "X")?;
+            let ax = norm_axis(*axis, a.shape.len())?;
+            let n: usize = a.shape[ax..].iter().product();
+            let norm_shape = a.shape[ax..].to_vec();
+            for t in x.iter().skip(1) {
+                if broadcast(&norm_shape, &t.shape)? != norm_shape {
+                    return Err(format!(
+                        "scale/bias {:?} do not broadcast to {norm_shape:?}",
+                        t.shape
+                    ));
+                }
+            }
+            let sm = broadcast_map(&norm_shape, &scale.shape);
+            let sv = f32s(scale, "scale")?;
+            let bias = match x.get(2) {
+                Some(b) => Some((f32s(b, "bias")?, broadcast_map(&norm_shape, &b.shape))),
+                None => None,
+            };
+            let mut out = vec![0f32; v.len()];
+            for r in 0..v.len() / n.max(1) {
+                let row = &v[r * n..(r + 1) * n];
+                let mean = row.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+                let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+                let inv = 1.0 / (var + *epsilon as f64).sqrt();
+                for j in 0..n {
+                    let mut y = ((row[j] as f64 - mean) * inv) as f32 * sv[sm[j]];
+                    if let Some((bv, bm)) = &bias {
+                        y += bv[bm[j]];
+                    }
+                    out[r * n + j] = y;
+                }
+            }
+            one(Tensor::f32(a.shape.clone(), out)?)
+        }
+        Op::Expand => {
+            let (a, s) = (arg(0)?, arg(1)?);
+            let target = dims_of(&ints(s, "shape")?, "shape")?;
+            let shape = broadcast(&a.shape, &target)?;
+            element_count(&shape)?;
+            let idx = broadcast_map(&shape, &a.shape);
+            one(Tensor {
+                shape,
+                data: take(&a.data, &idx),
+            })
+        }
+        Op::ConstantOfShape { value } => {
+            let shape = dims_of(&ints(arg(0)?, "shape")?, "shape")?;
+            let n = element_count(&shape)?;
+            one(Tensor {
+                shape,
+                data: take(&value.data, &vec![0; n]),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_8),
+            (1.0, 0.842_700_792_9),
+            (2.0, 0.995_322_265),
+            (-3.0, -0.999_977_909_5),
+            (3.5, 0.999_999_256_9),
+        ] {
+            assert!(
+                (erf_f64(x) - want).abs() < 1e-9,
+                "erf({x}) = {} want {want}",
+                erf_f64(x)
+            );
+        }
+    }
+
+    #[test]
+    fn broadcasting_binary_and_matmul() {
+        let a = Tensor::f32(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]).unwrap();
+        let b = Tensor::f32(vec![3], vec![10., 20., 30.]).unwrap();
+        let s = binary(BinaryOp::Add, &a, &b).unwrap();
+        assert_eq!(s.as_f32s().unwrap(), &[11., 22., 33., 14., 25., 36.]);
+        let w = Tensor::f32(vec![3, 1], vec![1., 1., 1.]).unwrap();
+        let m = matmul(&a, &w).unwrap();
+        assert_eq!(m.shape, vec![2, 1]);
+        assert_eq!(m.as_f32s().unwrap(), &[6., 15.]);
+    }
+
+    #[test]
+    fn transpose_slice_gather() {
+        let a = Tensor::i64(vec![2, 3], vec![0, 1, 2, 3, 4, 5]).unwrap();
+        let t = eval(&Op::Transpose { perm: None }, &[&a])
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (t.shape.clone(), t.as_i64s().unwrap()),
+            (vec![3, 2], vec![0, 3, 1, 4, 2, 5])
+        );
+        let st = Tensor::i64(vec![1], vec![-2]).unwrap();
+        let en = Tensor::i64(vec![1], vec![i64::MAX]).unwrap();
+        let ax = Tensor::i64(vec![1], vec![1]).unwrap();
+        let s = eval(&Op::Slice, &[&a, &st, &en, &ax]).unwrap().remove(0);
+        assert_eq!(
+            (s.shape.clone(), s.as_i64s().unwrap()),
+            (vec![2, 2], vec![1, 2, 4, 5])
+        );
+        let q = Tensor::i64(vec![2], vec![1, -1]).unwrap();
+        let g = eval(&Op::Gather { axis: 0 }, &[&a, &q]).unwrap().remove(0);
+        assert_eq!(g.as_i64s().unwrap(), vec![3, 4, 5, 3, 4, 5]);
+    }
+}
