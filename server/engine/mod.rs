@@ -10,6 +10,7 @@
 //!   [`ir::Op::Gemm`] with an epilogue.
 //! - [`reference`](mod@reference): the FP32 CPU interpreter of the IR, used by tests and by folding.
 //! - [`quant`]: INT8 maths (per-channel weight scales, calibrated activation scale, int32 GEMM).
+//! - [`precision`]: the precision of every node for FP32 / FP16 / INT8 (`precision_mode`).
 //!
 //! # Data path
 //! `import::import_model(bytes)` → `fold::fold_constants` → `fuse::fuse_erf_gelu` →
@@ -22,6 +23,7 @@ pub mod fuse;
 pub mod import;
 pub mod infer;
 pub mod ir;
+pub mod precision;
 pub mod quant;
 pub mod reference;
 

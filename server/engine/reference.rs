@@ -15,6 +15,21 @@ use super::EngineError;
 
 /// Runs `graph` on named inputs and returns the graph outputs in order.
 pub fn run(graph: &Graph, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>, EngineError> {
+    run_with(graph, inputs, |_, node, args| eval(&node.op, args))
+}
+
+/// [`run`] with each node evaluated by `eval_node(node_index, node, inputs)` instead of
+/// [`eval`]: the precision emulation ([`super::emulate`]) and calibration
+/// ([`super::calibrate`]) wrap the FP32 kernels this way, so input checks and value
+/// bookkeeping stay in one place.
+pub fn run_with<F>(
+    graph: &Graph,
+    inputs: &[(&str, Tensor)],
+    mut eval_node: F,
+) -> Result<Vec<Tensor>, EngineError>
+where
+    F: FnMut(usize, &super::ir::Node, &[&Tensor]) -> Result<Vec<Tensor>, String>,
+{
     let mut env: HashMap<usize, Tensor> = HashMap::new();
     let mut symbols: HashMap<String, usize> = HashMap::new();
     for &id in &graph.inputs {
@@ -42,7 +57,7 @@ pub fn run(graph: &Graph, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>, Engi
     {
         return Err(EngineError::Input(format!("the model has no input '{n}'")));
     }
-    for node in &graph.nodes {
+    for (index, node) in graph.nodes.iter().enumerate() {
         let args: Vec<&Tensor> = node
             .inputs
             .iter()
@@ -57,7 +72,7 @@ pub fn run(graph: &Graph, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>, Engi
                     })
             })
             .collect::<Result<_, _>>()?;
-        let outs = eval(&node.op, &args).map_err(|reason| EngineError::Eval {
+        let outs = eval_node(index, node, &args).map_err(|reason| EngineError::Eval {
             op: node.op.name().into(),
             node: node.name.clone(),
             reason,
@@ -125,7 +140,7 @@ fn strides(shape: &[usize]) -> Vec<usize> {
 }
 
 /// Concrete numpy broadcasting.
-fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+pub(crate) fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
     let rank = a.len().max(b.len());
     (0..rank)
         .map(|i| {
@@ -152,7 +167,7 @@ fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
 }
 
 /// For every element of `out`, the flat index of the element of `input` broadcast onto it.
-fn broadcast_map(out: &[usize], input: &[usize]) -> Vec<usize> {
+pub(crate) fn broadcast_map(out: &[usize], input: &[usize]) -> Vec<usize> {
     let n: usize = out.iter().product();
     let rank = out.len();
     let in_strides = strides(input);
@@ -288,7 +303,7 @@ fn unary(u: UnaryOp, x: f32) -> f32 {
     }
 }
 
-fn activate(a: Activation, x: f32) -> f32 {
+pub(crate) fn activate(a: Activation, x: f32) -> f32 {
     match a {
         Activation::None => x,
         Activation::Relu => unary(UnaryOp::Relu, x),
