@@ -11,6 +11,8 @@
 //! - [`reference`](mod@reference): the FP32 CPU interpreter of the IR, used by tests and by folding.
 //! - [`quant`]: INT8 maths (per-channel weight scales, calibrated activation scale, int32 GEMM).
 //! - [`precision`]: the precision of every node for FP32 / FP16 / INT8 (`precision_mode`).
+//! - [`emulate`]: FP16 and INT8 emulation over the reference: the contract the kernels match.
+//! - [`calibrate`]: INT8 activation ranges from the FP32 reference, and their JSON table.
 //!
 //! # Data path
 //! `import::import_model(bytes)` → `fold::fold_constants` → `fuse::fuse_erf_gelu` →
@@ -18,6 +20,8 @@
 //! `reference::run(graph, inputs)`. The GPU executor will lower the same graph to CUDA
 //! (see `docs/engine.md`).
 
+pub mod calibrate;
+pub mod emulate;
 pub mod fold;
 pub mod fuse;
 pub mod import;
