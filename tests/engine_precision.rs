@@ -1,0 +1,264 @@
+//! The FP16 / INT8 acceptance criteria, checked on CPU with the emulation
+//! (`engine::emulate`) against ONNX Runtime FP32:
+//! - fraud_mlp v1 and v2: FP16 labels identical to ONNX Runtime on ≥ 99.9 % of the 2000
+//!   held-out rows; INT8, calibrated on rows 0..400, agrees on ≥ 99 % of rows 400..2000;
+//! - the tiny encoder: FP16 embeddings within 1e-2 relative error (L2, per row) and INT8
+//!   embeddings with cosine similarity ≥ 0.99 per row, calibrated on different inputs.
+//!
+//! ONNX Runtime must be present (run `scripts/deps.sh test` first): a missing library fails
+//! these tests, it never skips them.
+
+use std::path::{Path, PathBuf};
+
+use switchyard::engine::calibrate::{self, CalibrationTable, Method};
+use switchyard::engine::emulate::Emulator;
+use switchyard::engine::ir::{Graph, Tensor};
+use switchyard::engine::precision::{self, Precision};
+use switchyard::engine::{self};
+use switchyard::executor::onnx::{init_runtime, OnnxEngine};
+use switchyard::executor::Engine;
+use switchyard::tensor::{DataType, NamedTensor, Tensor as WireTensor};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// ORT_DYLIB_PATH if set, else the path `scripts/deps.sh` records in `.deps/ort-lib-path`.
+fn ort_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let recorded = Path::new(ROOT).join(".deps/ort-lib-path");
+    let text = std::fs::read_to_string(&recorded).unwrap_or_else(|e| {
+        panic!(
+            "ONNX Runtime is required: set ORT_DYLIB_PATH or run `bash scripts/deps.sh test` ({}: {e})",
+            recorded.display()
+        )
+    });
+    PathBuf::from(text.trim())
+}
+
+/// The held-out set: a little-endian float32 `(2000, 30)` `.npy`.
+fn heldout() -> (usize, usize, Vec<f32>) {
+    let bytes = std::fs::read(Path::new(ROOT).join("tests/python/data/fraud_heldout.npy")).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + len]).unwrap();
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("(2000, 30)"),
+        "{header}"
+    );
+    let data: Vec<f32> = bytes[start + len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (2000, 30, data)
+}
+
+/// Runs ONNX Runtime and returns each requested output's raw little-endian bytes.
+fn ort(path: &Path, inputs: Vec<NamedTensor>, outputs: &[&str]) -> Vec<Vec<u8>> {
+    init_runtime(&ort_library()).expect("ONNX Runtime must load for this test");
+    let mut session = OnnxEngine::load(path, 1).unwrap();
+    let names: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+    let out = session.execute(&inputs, &names).unwrap();
+    out.tensors
+        .into_iter()
+        .map(|t| t.tensor.data.to_vec())
+        .collect()
+}
+
+fn wire<T: Copy>(
+    name: &str,
+    dtype: DataType,
+    shape: &[usize],
+    v: &[T],
+    bytes: fn(T) -> Vec<u8>,
+) -> NamedTensor {
+    NamedTensor {
+        name: name.into(),
+        tensor: WireTensor {
+            dtype,
+            shape: shape.iter().map(|&d| d as i64).collect(),
+            data: v.iter().flat_map(|&x| bytes(x)).collect::<Vec<u8>>().into(),
+        },
+    }
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The emulated engine's labels (the graph's second output) on `rows` of the held-out set.
+fn labels(emu: &Emulator, x: &[f32], rows: usize) -> Vec<i64> {
+    let out = emu
+        .run(&[("features", Tensor::f32(vec![rows, 30], x.to_vec()).unwrap())])
+        .unwrap();
+    out[1].as_i64s().unwrap()
+}
+
+fn agreement(a: &[i64], b: &[i64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+}
+
+fn fraud(version: u32) {
+    let (rows, cols, x) = heldout();
+    let path = Path::new(ROOT).join(format!("model_repository/fraud_mlp/{version}/model.onnx"));
+    let out = ort(
+        &path,
+        vec![wire(
+            "features",
+            DataType::Fp32,
+            &[rows, cols],
+            &x,
+            |v: f32| v.to_le_bytes().to_vec(),
+        )],
+        &["label"],
+    );
+    let ort_labels: Vec<i64> = out[0]
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let graph = engine::compile(&std::fs::read(&path).unwrap()).unwrap();
+
+    let fp16 = Emulator::new(&graph, precision::assign(&graph, Precision::Fp16), None).unwrap();
+    assert_eq!(fp16.plan().count(Precision::Fp16), 3);
+    let a16 = agreement(&labels(&fp16, &x, rows), &ort_labels);
+
+    // INT8: calibrated on the first 400 rows, judged on the other 1600.
+    let (calib, judged) = (400usize, rows - 400);
+    let plan8 = precision::assign(&graph, Precision::Int8);
+    assert_eq!(plan8.count(Precision::Int8), 3);
+    let table = calibrate::calibrate(
+        &graph,
+        &plan8,
+        &[vec![(
+            "features",
+            Tensor::f32(vec![calib, cols], x[..calib * cols].to_vec()).unwrap(),
+        )]],
+        Method::Max,
+    )
+    .unwrap();
+    assert_eq!(table.tensors.len(), 3, "{:?}", table.tensors.keys());
+    // Through the on-disk format, as the INT8 engine will read it.
+    let table = CalibrationTable::from_json(&table.to_json()).unwrap();
+    let int8 = Emulator::new(&graph, plan8, Some(&table)).unwrap();
+    let a8 = agreement(
+        &labels(&int8, &x[calib * cols..], judged),
+        &ort_labels[calib..],
+    );
+    println!(
+        "fraud_mlp v{version}: FP16 label agreement {:.2} % ({rows} rows), INT8 {:.2} % ({judged} rows)",
+        a16 * 100.0,
+        a8 * 100.0
+    );
+    assert!(a16 >= 0.999, "v{version} FP16 agreement {a16}");
+    assert!(a8 >= 0.99, "v{version} INT8 agreement {a8}");
+}
+
+#[test]
+fn fraud_mlp_v1_fp16_and_int8_decisions_match_onnx_runtime() {
+    fraud(1);
+}
+
+#[test]
+fn fraud_mlp_v2_fp16_and_int8_decisions_match_onnx_runtime() {
+    fraud(2);
+}
+
+/// Deterministic ids in [0, 50) and masks with a varying amount of padding.
+fn tokens(batch: usize, seq: usize, seed: u64) -> (Vec<i64>, Vec<i64>) {
+    let mut state = seed;
+    let ids = (0..batch * seq)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % 50) as i64
+        })
+        .collect();
+    let mask = (0..batch * seq)
+        .map(|i| i64::from(i % seq < seq - (i / seq) % (seq / 2)))
+        .collect();
+    (ids, mask)
+}
+
+fn encoder_inputs(batch: usize, seq: usize, seed: u64) -> Vec<(&'static str, Tensor)> {
+    let (ids, mask) = tokens(batch, seq, seed);
+    vec![
+        ("input_ids", Tensor::i64(vec![batch, seq], ids).unwrap()),
+        (
+            "attention_mask",
+            Tensor::i64(vec![batch, seq], mask).unwrap(),
+        ),
+    ]
+}
+
+fn embeddings(emu: &Emulator, inputs: &[(&str, Tensor)]) -> Vec<f32> {
+    emu.run(inputs).unwrap()[1].as_f32s().unwrap().to_vec()
+}
+
+#[test]
+fn tiny_encoder_fp16_and_int8_embeddings_match_onnx_runtime() {
+    let path = Path::new(ROOT).join("tests/data/tiny_encoder.onnx");
+    let graph: Graph = engine::compile(&std::fs::read(&path).unwrap()).unwrap();
+    let (batch, seq, h) = (16usize, 12usize, 16usize);
+    let (ids, mask) = tokens(batch, seq, 7);
+    let to_bytes = |v: i64| v.to_le_bytes().to_vec();
+    let out = ort(
+        &path,
+        vec![
+            wire("input_ids", DataType::Int64, &[batch, seq], &ids, to_bytes),
+            wire(
+                "attention_mask",
+                DataType::Int64,
+                &[batch, seq],
+                &mask,
+                to_bytes,
+            ),
+        ],
+        &["embedding"],
+    );
+    let want = f32s(&out[0]);
+    assert_eq!(want.len(), batch * h);
+    let inputs = encoder_inputs(batch, seq, 7);
+
+    let fp16 = Emulator::new(&graph, precision::assign(&graph, Precision::Fp16), None).unwrap();
+    let got16 = embeddings(&fp16, &inputs);
+    // INT8 calibrated on 32 other sequences.
+    let plan8 = precision::assign(&graph, Precision::Int8);
+    assert_eq!(plan8.count(Precision::Int8), 7, "the 7 GEMMs with weights");
+    let table =
+        calibrate::calibrate(&graph, &plan8, &[encoder_inputs(32, seq, 99)], Method::Max).unwrap();
+    let int8 = Emulator::new(&graph, plan8, Some(&table)).unwrap();
+    let got8 = embeddings(&int8, &inputs);
+
+    let (mut worst_rel16, mut worst_cos8, mut worst_cos16) = (0f64, 1f64, 1f64);
+    for r in 0..batch {
+        let w = &want[r * h..(r + 1) * h];
+        let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let cos = |a: &[f32]| {
+            a.iter()
+                .zip(w)
+                .map(|(&x, &y)| x as f64 * y as f64)
+                .sum::<f64>()
+                / (norm(a) * norm(w))
+        };
+        let g16 = &got16[r * h..(r + 1) * h];
+        let diff: Vec<f32> = g16.iter().zip(w).map(|(a, b)| a - b).collect();
+        worst_rel16 = worst_rel16.max(norm(&diff) / norm(w));
+        worst_cos16 = worst_cos16.min(cos(g16));
+        worst_cos8 = worst_cos8.min(cos(&got8[r * h..(r + 1) * h]));
+    }
+    println!(
+        "tiny_encoder ({batch}×{seq}): FP16 worst relative L2 error {worst_rel16:.2e}, worst cosine {worst_cos16:.6}; INT8 worst cosine {worst_cos8:.6}"
+    );
+    assert!(worst_rel16 < 1e-2, "FP16 relative error {worst_rel16}");
+    assert!(worst_cos8 >= 0.99, "INT8 cosine {worst_cos8}");
+}
