@@ -13,6 +13,7 @@
 //! - [`precision`]: the precision of every node for FP32 / FP16 / INT8 (`precision_mode`).
 //! - [`emulate`]: FP16 and INT8 emulation over the reference: the contract the kernels match.
 //! - [`calibrate`]: INT8 activation ranges from the FP32 reference, and their JSON table.
+//! - [`plan`]: memory planning: liveness and reuse of activation buffers at bound sizes.
 //!
 //! # Data path
 //! `import::import_model(bytes)` → `fold::fold_constants` → `fuse::fuse_erf_gelu` →
@@ -27,6 +28,7 @@ pub mod fuse;
 pub mod import;
 pub mod infer;
 pub mod ir;
+pub mod plan;
 pub mod precision;
 pub mod quant;
 pub mod reference;
