@@ -282,6 +282,21 @@ mod tests {
     }
 
     #[test]
+    fn the_table_named_in_config_pbtxt_loads() {
+        use crate::repository::gpu::gpu_plan;
+        use crate::repository::pbtxt::parse_model_config;
+        let dir = tempfile::tempdir().unwrap();
+        table().save(&dir.path().join("calibration.json")).unwrap();
+        let text = r#"optimization { execution_accelerators { gpu_execution_accelerator: [ {
+            name: "tensorrt"
+            parameters { key: "precision_mode" value: "INT8" }
+            parameters { key: "int8_calibration_table_name" value: "calibration.json" } } ] } }"#;
+        let plan = gpu_plan(&parse_model_config(text).unwrap().config, dir.path()).unwrap();
+        let path = plan.engine.unwrap().calibration.unwrap();
+        assert_eq!(CalibrationTable::load(&path).unwrap(), table());
+    }
+
+    #[test]
     fn percentile_by_nearest_rank() {
         let v: Vec<f32> = (1..=100).map(|i| i as f32).collect();
         assert_eq!(percentile(v.clone(), 100.0), 100.0);

@@ -83,6 +83,12 @@ impl<'g> Emulator<'g> {
             } else {
                 w.to_vec()
             };
+            // 127 · 127 · K must fit the int32 accumulator.
+            if k > (i32::MAX / (127 * 127)) as usize {
+                return Err(invalid(format!(
+                    "inner dimension {k} can overflow int32 accumulation"
+                )));
+            }
             let weights = QuantizedWeights::from_f32(&kn, k, n).map_err(invalid)?;
             let a = node.inputs.first().map_or("", |&a| &graph.values[a].name);
             let act_scale = calibration.and_then(|t| t.scale(a)).ok_or_else(|| {
