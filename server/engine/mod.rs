@@ -18,8 +18,10 @@
 //! # Data path
 //! `import::import_model(bytes)` → `fold::fold_constants` → `fuse::fuse_erf_gelu` →
 //! `fuse::fuse_gemm` →
-//! `reference::run(graph, inputs)`. The GPU executor will lower the same graph to CUDA
-//! (see `docs/engine.md`).
+//! `reference::run(graph, inputs)`. For reduced precision: `precision::assign(graph, mode)`
+//! → (`calibrate::calibrate` for INT8) → `emulate::Emulator::run`; `plan::plan` sizes the
+//! activation arena per batch-size bucket. The GPU executor will lower the same graph to
+//! CUDA (see `docs/engine.md`).
 
 pub mod calibrate;
 pub mod emulate;
