@@ -318,6 +318,32 @@ mod tests {
     }
 
     #[test]
+    fn bad_inputs_and_plans_are_errors_not_panics() {
+        let (g, _) = linear(false);
+        let plan = assign(&g, Precision::Int8);
+        let table = calibrate(
+            &g,
+            &plan,
+            &[vec![("x", input(6))]],
+            Method::Percentile(50.0),
+        )
+        .unwrap();
+        assert_eq!(table.method, "percentile:50");
+        let r = table.tensors["x"];
+        assert!(r.amax > 0.0 && r.amax < r.max_abs, "{r:?}");
+        assert!(calibrate(&g, &plan, &[], Method::Percentile(0.0)).is_err());
+        let emu = Emulator::new(&g, plan, Some(&table)).unwrap();
+        let wrong = Tensor::f32(vec![2, 7], vec![0.0; 14]).unwrap();
+        assert!(emu.run(&[("x", wrong)]).is_err());
+        assert!(emu.run(&[]).is_err());
+        let empty = PrecisionPlan {
+            mode: Precision::Fp16,
+            nodes: Vec::new(),
+        };
+        assert!(Emulator::new(&g, empty, None).is_err());
+    }
+
+    #[test]
     fn int8_without_calibration_names_the_activation() {
         let (g, _) = linear(false);
         let err = Emulator::new(&g, assign(&g, Precision::Int8), None)
