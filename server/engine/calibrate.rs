@@ -38,6 +38,8 @@ pub enum Method {
     /// The largest absolute value seen.
     Max,
     /// This percentile (0–100) of the absolute values seen; outliers beyond it saturate.
+    /// Every |x| of the calibrated tensors is kept in memory until the end: fine for the
+    /// few hundred rows a calibration set holds, not for millions.
     Percentile(f64),
 }
 

@@ -58,11 +58,13 @@ impl PrecisionPlan {
     }
 }
 
-const FP32: fn(Reason) -> NodePrecision = |reason| NodePrecision {
-    compute: Precision::Fp32,
-    output_f16: false,
-    reason,
-};
+fn fp32(reason: Reason) -> NodePrecision {
+    NodePrecision {
+        compute: Precision::Fp32,
+        output_f16: false,
+        reason,
+    }
+}
 
 /// Chooses the precision of every node of `graph` for `mode`.
 pub fn assign(graph: &Graph, mode: Precision) -> PrecisionPlan {
@@ -76,7 +78,7 @@ pub fn assign(graph: &Graph, mode: Precision) -> PrecisionPlan {
 
 fn choose(graph: &Graph, node: &Node, mode: Precision) -> NodePrecision {
     if mode == Precision::Fp32 {
-        return FP32(Reason::Fp32Requested);
+        return fp32(Reason::Fp32Requested);
     }
     let all_f32 = node
         .inputs
@@ -84,7 +86,7 @@ fn choose(graph: &Graph, node: &Node, mode: Precision) -> NodePrecision {
         .chain(&node.outputs)
         .all(|&v| graph.values[v].dtype == DType::F32);
     if !all_f32 {
-        return FP32(Reason::Integer);
+        return fp32(Reason::Integer);
     }
     let is_graph_output = node.outputs.iter().any(|o| graph.outputs.contains(o));
     match &node.op {
@@ -121,9 +123,9 @@ fn choose(graph: &Graph, node: &Node, mode: Precision) -> NodePrecision {
         | Op::ReduceMean { .. }
         | Op::Binary(super::ir::BinaryOp::Pow)
         | Op::Unary(UnaryOp::Sigmoid | UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Erf) => {
-            FP32(Reason::Sensitive)
+            fp32(Reason::Sensitive)
         }
-        _ => FP32(Reason::Elementwise),
+        _ => fp32(Reason::Elementwise),
     }
 }
 
@@ -132,8 +134,8 @@ mod tests {
     use super::*;
     use crate::engine::ir::{Activation, Dim, Gemm, Tensor};
 
-    /// x[batch, 4] → Gemm(W1)+Relu → MatMul(h, h2ᵀ-like constant-free) → Softmax → Gemm+Sigmoid,
-    /// plus an integer Shape node.
+    /// `x[batch, 4]` → Gemm + Relu → Mul → MatMul with a second graph input (not a constant)
+    /// → Softmax → Gemm + Sigmoid (the head), plus an integer Shape node.
     fn graph() -> Graph {
         let mut g = Graph::default();
         let x = g.add_value(
