@@ -62,3 +62,26 @@ fn tiny_encoder_plans_reuse_buffers() {
         );
     }
 }
+
+#[test]
+fn corrupted_models_plan_to_ok_or_err_never_a_panic() {
+    let fraud =
+        std::fs::read(Path::new(ROOT).join("model_repository/fraud_mlp/1/model.onnx")).unwrap();
+    let encoder = std::fs::read(Path::new(ROOT).join("tests/data/tiny_encoder.onnx")).unwrap();
+    let bound = sizes(&[("batch", 4), ("sequence", 8)]);
+    let mut planned = 0;
+    for (bytes, step) in [(&fraud, 13), (&encoder, 11)] {
+        for at in (0..bytes.len()).step_by(step) {
+            let mut b = bytes.clone();
+            b[at] ^= 0x5a;
+            if let Ok(g) = engine::compile(&b) {
+                let prec = precision::assign(&g, Precision::Fp16);
+                if let Ok(p) = plan::plan(&g, &bound, Some(&prec)) {
+                    p.check().unwrap();
+                    planned += 1;
+                }
+            }
+        }
+    }
+    assert!(planned > 100, "only {planned} corrupted models planned");
+}
