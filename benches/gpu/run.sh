@@ -19,6 +19,10 @@
 #              through the server                                            NOT IMPLEMENTED:
 #              the GPU executor does not exist; these sections FAIL on purpose
 #
+# Time: roofline under a minute; torch about 1 min eager + ~30 s per torch.compile shape (4
+# FP16 shapes; FP32 compile only with TORCH_COMPILE_FP32=1); kernels + sanitizer a minute or
+# two. Under the 10-minute limit of one call; each section has its own timeout.
+#
 # Exit status: 0 only if every section passed (so never, until the executor lands);
 # 2 if the only failures are the NOT IMPLEMENTED sections; 1 if a real section failed.
 set -uo pipefail
@@ -74,8 +78,10 @@ fi
 WEIGHTS=""
 [[ -f "$CARRY/minilm/model.fp16.safetensors" ]] && WEIGHTS="--weights $CARRY/minilm"
 [[ -z "$WEIGHTS" ]] && echo "run.sh: .gpu-carry/minilm missing: PyTorch rows use a RANDOM-INIT BERT of MiniLM's shape (throughput only)"
+COMPILE_FP32=""
+[[ "${TORCH_COMPILE_FP32:-0}" == 1 ]] && COMPILE_FP32="--compile-fp32"
 # shellcheck disable=SC2086
-if timeout 420 "$PY" "$HERE/torch_minilm.py" $WEIGHTS --out "$OUT/minilm_torch.csv" --roofline "$OUT/roofline.csv"; then
+if timeout 360 "$PY" "$HERE/torch_minilm.py" $WEIGHTS $COMPILE_FP32 --out "$OUT/minilm_torch.csv" --roofline "$OUT/roofline.csv"; then
     record torch PASS "$(grep -c . "$OUT/minilm_torch.csv") lines in minilm_torch.csv"
 else
     record torch FAIL "torch_minilm.py failed (see its output; compile failures are rows, not this)"
@@ -88,7 +94,9 @@ if ls "$CARRY"/bin/* >/dev/null 2>&1; then
     BUILD_ROOT="$(cat "$CARRY/build-root")"
     NVRTC_DIR="$(find "$SITE/nvidia" -name 'libnvrtc.so.13*' -printf '%h\n' 2>/dev/null | head -1)"
     if [[ -n "$NVRTC_DIR" && ! -e "$BUILD_ROOT/.deps/nvrtc/lib" ]]; then
-        mkdir -p "$BUILD_ROOT/.deps/nvrtc" && ln -s "$NVRTC_DIR" "$BUILD_ROOT/.deps/nvrtc/lib"
+        # (kernels/ too: the compiled-in path is <build root>/kernels/../.deps/nvrtc/lib)
+        mkdir -p "$BUILD_ROOT/kernels" "$BUILD_ROOT/.deps/nvrtc" \
+            && ln -s "$NVRTC_DIR" "$BUILD_ROOT/.deps/nvrtc/lib"
     fi
     ok=1
     : > "$OUT/kernels.log"

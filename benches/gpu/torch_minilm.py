@@ -110,6 +110,8 @@ def main() -> int:
     ap.add_argument("--roofline", default=None)
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--compile-fp32", action="store_true",
+                    help="also torch.compile in FP32 (4 more compilations, ~2 min)")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("torch_minilm: no CUDA device visible to PyTorch", file=sys.stderr)
@@ -119,8 +121,15 @@ def main() -> int:
     print(f"torch_minilm: torch {torch.__version__}, {torch.cuda.get_device_name(0)}, weights {label}")
     modes = [("eager", torch.float32), ("eager", torch.float16)]
     if not a.no_compile:
-        modes += [("compile", torch.float16), ("compile", torch.float32)]
+        modes.append(("compile", torch.float16))
+        if a.compile_fp32:
+            modes.append(("compile", torch.float32))
     rows, failures = [], 0
+    # Rows are written as they come, so a timeout still leaves every finished row.
+    table = open(a.out, "w", newline="")
+    w = csv.writer(table)
+    w.writerow(["engine", "batch", "seq", "weights", "latency_ms_median", "latency_ms_p90",
+                "sequences_per_s", "note"])
     for kind, dtype in modes:
         model = copy.deepcopy(base).to("cuda", dtype=dtype)
         if kind == "compile":
@@ -135,18 +144,21 @@ def main() -> int:
             except Exception as e:  # torch.compile may not run there: say so in the table
                 failures += kind != "compile"
                 rows.append([name, batch, SEQ, label, "", "", "", f"FAILED: {e!r}"[:300]])
+            w.writerow(rows[-1])
+            table.flush()
             print(f"torch_minilm: {' | '.join(map(str, rows[-1]))} ({time.monotonic() - t0:.0f} s)",
                   flush=True)
-    with open(a.out, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["engine", "batch", "seq", "weights", "latency_ms_median", "latency_ms_p90",
-                    "sequences_per_s", "note"])
-        w.writerows(rows)
+    table.close()
 
     if a.roofline and os.path.isfile(a.roofline):
         ceil = {(r["what"], r["dtype"]): r["value"] for r in csv.DictReader(open(a.roofline))}
-        fp16 = float(ceil.get(("matmul", "float16"), "nan"))
-        bw = float(ceil.get(("d2d_copy", "-"), "nan"))
+        def num(key):
+            try:
+                return float(ceil.get(key, "nan"))
+            except ValueError:  # "FAILED" in roofline.csv
+                return float("nan")
+
+        fp16, bw = num(("matmul", "float16")), num(("d2d_copy", "-"))
         params = sum(p.numel() for p in base.parameters())
         fig = {}
         for batch in BATCHES:
