@@ -74,10 +74,11 @@ pub struct Args {
     /// Export CPU utilisation and memory gauges (nv_cpu_*).
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
     pub allow_cpu_metrics: bool,
-    /// Export GPU gauges. Accepted for compatibility: there are no GPU metrics yet.
+    /// Export GPU gauges (nv_gpu_*, nv_energy_consumption) read through NVML; none where the
+    /// NVIDIA driver's libnvidia-ml.so.1 is absent.
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
     pub allow_gpu_metrics: bool,
-    /// How often server-wide gauges (CPU) are sampled, in milliseconds.
+    /// How often server-wide gauges (CPU, GPU) are sampled, in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub metrics_interval_ms: u64,
 

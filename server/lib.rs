@@ -173,6 +173,7 @@ pub async fn run(
             handle,
             interval,
             args.allow_cpu_metrics,
+            args.allow_gpu_metrics,
         )
         .await?;
         tokio::spawn(endpoint.serve(async {

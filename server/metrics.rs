@@ -6,7 +6,9 @@
 //!   the statistics API reports.
 //! - Latency and batch-size histograms are recorded as requests finish
 //!   ([`VersionHistograms`], owned by the version's `ModelStats`).
-//! - CPU gauges are sampled every `--metrics-interval-ms`, as Triton does.
+//! - CPU gauges are sampled every `--metrics-interval-ms`, as Triton does, and so are the GPU
+//!   gauges (`nv_gpu_*`, `nv_energy_consumption`, labelled only by `gpu_uuid`) when NVML loads
+//!   ([`switchyard_kernels::nvml`]); without NVML there are no GPU series at all.
 //!
 //! The recorder is `metrics-exporter-prometheus`, installed globally once per process.
 
@@ -21,6 +23,7 @@ use axum::routing::get;
 use axum::Router;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use switchyard_kernels::nvml::{EnergySinceStart, GpuMonitor, GpuSample};
 use tokio::net::TcpListener;
 
 use crate::core::Core;
@@ -226,6 +229,15 @@ fn describe() {
         "nv_cpu_memory_used_bytes",
         "CPU used memory (RAM), in bytes"
     );
+    describe_gauge!("nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0)");
+    describe_gauge!("nv_gpu_memory_total_bytes", "GPU total memory, in bytes");
+    describe_gauge!("nv_gpu_memory_used_bytes", "GPU used memory, in bytes");
+    describe_gauge!("nv_gpu_power_usage", "GPU power usage in watts");
+    describe_gauge!("nv_gpu_power_limit", "GPU power management limit in watts");
+    describe_counter!(
+        "nv_energy_consumption",
+        "GPU energy consumption in joules since the Triton Server started"
+    );
     describe_histogram!(
         REQUEST_SECONDS,
         "End-to-end duration of successful requests, in seconds"
@@ -416,8 +428,94 @@ async fn metrics_handler(
     ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], s.handle.render())
 }
 
-/// Samples server-wide gauges (CPU) and runs the recorder's upkeep every `interval`.
-async fn sample_loop(handle: PrometheusHandle, interval: Duration, cpu: bool) {
+/// A gauge value perf_analyzer's pattern accepts (`\d+\.?\d*`): finite and not negative.
+/// Rust's `Display` for `f64`, which the exporter uses, never writes an exponent
+/// (85899345920, 0.000001), so only NaN, infinities and negatives need replacing; Triton
+/// publishes 0 for a value it could not read, and so does this.
+pub fn plain_gauge_value(x: f64) -> f64 {
+    if x.is_finite() && x > 0.0 {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// NVML and the energy baseline of each GPU, owned by the sampler.
+struct GpuGauges {
+    monitor: Arc<GpuMonitor>,
+    energy: Vec<EnergySinceStart>,
+}
+
+impl GpuGauges {
+    /// Opens NVML when GPU metrics are asked for; without it logs one line and returns
+    /// `None`, and no GPU series is ever exported.
+    fn open(allowed: bool) -> Option<GpuGauges> {
+        if !allowed {
+            return None;
+        }
+        match GpuMonitor::open() {
+            Ok(monitor) => {
+                tracing::info!(
+                    library = monitor.library(),
+                    gpus = ?monitor.uuids(),
+                    "Collecting GPU metrics"
+                );
+                let energy = vec![EnergySinceStart::default(); monitor.uuids().len()];
+                Some(GpuGauges {
+                    monitor: Arc::new(monitor),
+                    energy,
+                })
+            }
+            Err(why) => {
+                tracing::info!("GPU metrics will not be available: {why}");
+                None
+            }
+        }
+    }
+
+    /// Reads every GPU (off the async workers: NVML calls block) and publishes the gauges.
+    async fn sample(&mut self) {
+        let monitor = self.monitor.clone();
+        let Ok(samples) = tokio::task::spawn_blocking(move || monitor.sample()).await else {
+            return;
+        };
+        publish_gpus(&samples, &mut self.energy);
+    }
+}
+
+/// Publishes Triton's GPU series for `samples`; `energy[i]` is GPU i's baseline.
+fn publish_gpus(samples: &[GpuSample], energy: &mut [EnergySinceStart]) {
+    for (s, e) in samples.iter().zip(energy.iter_mut()) {
+        let label = [("gpu_uuid", s.uuid.clone())];
+        let set = |name: &'static str, v: Option<f64>| {
+            gauge!(name, &label).set(plain_gauge_value(v.unwrap_or(0.0)));
+        };
+        set("nv_gpu_utilization", s.utilization);
+        set(
+            "nv_gpu_memory_total_bytes",
+            s.memory_total_bytes.map(|b| b as f64),
+        );
+        set(
+            "nv_gpu_memory_used_bytes",
+            s.memory_used_bytes.map(|b| b as f64),
+        );
+        set("nv_gpu_power_usage", s.power_watts);
+        set("nv_gpu_power_limit", s.power_limit_watts);
+        // Triton's is a floating-point counter; the exporter's counters are integers, so whole
+        // joules are published (the fraction is kept and shows up in later samples).
+        if let Some(mj) = s.energy_millijoules {
+            counter!("nv_energy_consumption", &label).absolute(e.update(mj) as u64);
+        }
+    }
+}
+
+/// Samples server-wide gauges (CPU, GPU) and runs the recorder's upkeep every `interval`.
+async fn sample_loop(
+    handle: PrometheusHandle,
+    interval: Duration,
+    cpu: bool,
+    mut gpu: Option<GpuGauges>,
+) {
     let mut sys = sysinfo::System::new();
     let mut tick = tokio::time::interval(interval.max(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -429,6 +527,9 @@ async fn sample_loop(handle: PrometheusHandle, interval: Duration, cpu: bool) {
             gauge!("nv_cpu_utilization").set(f64::from(sys.global_cpu_usage()) / 100.0);
             gauge!("nv_cpu_memory_total_bytes").set(sys.total_memory() as f64);
             gauge!("nv_cpu_memory_used_bytes").set(sys.used_memory() as f64);
+        }
+        if let Some(g) = gpu.as_mut() {
+            g.sample().await;
         }
         handle.run_upkeep();
     }
@@ -442,19 +543,24 @@ pub struct MetricsEndpoint {
 }
 
 impl MetricsEndpoint {
-    /// Binds `addr` and starts the sampler.
+    /// Binds `addr` and starts the sampler: CPU gauges when `cpu`, GPU gauges when `gpu` and
+    /// NVML loads.
     pub async fn bind(
         addr: SocketAddr,
         core: Arc<Core>,
         handle: PrometheusHandle,
         interval: Duration,
         cpu: bool,
+        gpu: bool,
     ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot bind metrics endpoint {addr}"))?;
         tracing::info!("Started Metrics Service at {}", listener.local_addr()?);
-        let sampler = tokio::spawn(sample_loop(handle.clone(), interval, cpu));
+        let gpu = tokio::task::spawn_blocking(move || GpuGauges::open(gpu))
+            .await
+            .unwrap_or(None);
+        let sampler = tokio::spawn(sample_loop(handle.clone(), interval, cpu, gpu));
         let router = Router::new()
             .route("/metrics", get(metrics_handler))
             .with_state(Scrape { core, handle });
@@ -523,5 +629,103 @@ mod tests {
         assert!(text.contains(r#"switchyard_batch_size_bucket{model="m",version="3",le="4"} 0"#));
         assert!(text.contains(r#"switchyard_batch_size_bucket{model="m",version="3",le="8"} 1"#));
         assert!(text.contains(r#"switchyard_batch_size_count{model="m",version="3"} 1"#));
+    }
+
+    /// perf_analyzer's pattern, `\n<name>\{gpu_uuid="([^"]+)"\} (\d+\.?\d*)`, written out by
+    /// hand, and stricter: the number must be the whole value (the regex would silently read
+    /// `8.5e+10` as 8.5). Returns (uuid, value) per matching line.
+    fn perf_analyzer_reads(text: &str, name: &str) -> Vec<(String, f64)> {
+        let prefix = format!("\n{name}{{gpu_uuid=\"");
+        let mut found = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find(&prefix) {
+            rest = &rest[i + prefix.len()..];
+            let Some(q) = rest.find('"') else { break };
+            let uuid = &rest[..q];
+            let line_end = rest.find('\n').unwrap_or(rest.len());
+            let Some(value) = rest[q..line_end].strip_prefix("\"} ") else {
+                continue;
+            };
+            let (int, frac) = value.split_once('.').unwrap_or((value, ""));
+            let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+            if uuid.is_empty() || int.is_empty() || !digits(int) || !digits(frac) {
+                continue;
+            }
+            found.push((uuid.to_string(), value.parse().unwrap()));
+        }
+        found
+    }
+
+    #[test]
+    fn gauge_values_are_plain_decimals() {
+        assert_eq!(plain_gauge_value(f64::NAN), 0.0);
+        assert_eq!(plain_gauge_value(f64::INFINITY), 0.0);
+        assert_eq!(plain_gauge_value(-3.0), 0.0);
+        assert_eq!(plain_gauge_value(0.37), 0.37);
+        // What the exporter writes: f64 Display, never an exponent.
+        assert_eq!(85_899_345_920.0_f64.to_string(), "85899345920");
+        assert_eq!(1e21_f64.to_string(), "1000000000000000000000");
+        assert_eq!(1e-7_f64.to_string(), "0.0000001");
+    }
+
+    #[test]
+    fn gpu_series_render_the_way_perf_analyzer_parses_them() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let h100 = GpuSample {
+            uuid: "GPU-5f1c2a9e-0000-1111-2222-333344445555".into(),
+            utilization: Some(0.87),
+            memory_used_bytes: Some(1_234_567_890),
+            memory_total_bytes: Some(85_899_345_920),
+            power_watts: Some(312.456),
+            power_limit_watts: Some(700.0),
+            energy_millijoules: Some(9_000_000_000),
+        };
+        // A second board that cannot report power: 0, as Triton publishes.
+        let other = GpuSample {
+            uuid: "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into(),
+            power_watts: None,
+            utilization: Some(f64::NAN),
+            ..h100.clone()
+        };
+        let mut energy = vec![EnergySinceStart::default(); 2];
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            publish_gpus(&[h100.clone(), other.clone()], &mut energy);
+            let later = GpuSample {
+                energy_millijoules: Some(9_000_002_600),
+                ..h100.clone()
+            };
+            publish_gpus(&[later, other.clone()], &mut energy);
+        });
+        let text = handle.render();
+        let read = |name| perf_analyzer_reads(&text, name);
+        let total = read("nv_gpu_memory_total_bytes");
+        assert_eq!(total.len(), 2, "{text}");
+        assert!(
+            total.contains(&(h100.uuid.clone(), 85_899_345_920.0)),
+            "{text}"
+        );
+        assert!(
+            total.contains(&(other.uuid.clone(), 85_899_345_920.0)),
+            "{text}"
+        );
+        assert!(read("nv_gpu_utilization").contains(&(h100.uuid.clone(), 0.87)));
+        assert!(read("nv_gpu_utilization").contains(&(other.uuid.clone(), 0.0)));
+        assert!(read("nv_gpu_memory_used_bytes").contains(&(h100.uuid.clone(), 1_234_567_890.0)));
+        assert!(read("nv_gpu_power_usage").contains(&(h100.uuid.clone(), 312.456)));
+        assert!(read("nv_gpu_power_usage").contains(&(other.uuid.clone(), 0.0)));
+        assert!(read("nv_gpu_power_limit").contains(&(h100.uuid.clone(), 700.0)));
+        // 2.6 J since the first sample, published as whole joules.
+        assert!(read("nv_energy_consumption").contains(&(h100.uuid.clone(), 2.0)));
+        assert!(
+            text.contains("# TYPE nv_energy_consumption counter"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE nv_gpu_utilization gauge"), "{text}");
+        // Exactly one label on every GPU line.
+        for line in text.lines().filter(|l| l.starts_with("nv_gpu_")) {
+            assert_eq!(line.matches('=').count(), 1, "{line}");
+        }
     }
 }

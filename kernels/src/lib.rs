@@ -7,11 +7,14 @@
 //! - [`sources`]: our kernels, the `.cu` files of `kernels/cu/` embedded in the binary (bias +
 //!   activation epilogue, row softmax, layer norm, INT8 quantise/dequantise).
 //! - [`nvrtc`]: compiles those sources to PTX for a GPU architecture (sm_90 on Hopper).
+//! - [`nvml`]: GPU utilisation, memory, power and energy through NVML (loaded at run time),
+//!   for the `nv_gpu_*` gauges of `/metrics`.
 //! - [`trim_heap`]: glibc `malloc_trim`, used when models are released.
 //!
 //! The GPU executor (engines compiled from ONNX, streams, CUDA graphs) lands later in the GPU
 //! issue; until then [`gpu_unavailable`] says why a `KIND_GPU` instance cannot be served.
 
+pub mod nvml;
 pub mod nvrtc;
 pub mod probe;
 pub mod sources;

@@ -177,3 +177,36 @@ def test_cpu_metrics_can_be_switched_off(switchyard, make_repo):
     text = scrape(srv.metrics_url)
     assert "nv_cpu_utilization" not in text
     assert 'nv_inference_request_success{model="simple",version="1"} 0' in text
+
+
+def _nvml_present():
+    import ctypes
+
+    for name in ("libnvidia-ml.so.1", "libnvidia-ml.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+@pytest.mark.skipif(_nvml_present(), reason="this machine has NVML: GPU series are expected")
+def test_no_gpu_series_without_nvml(switchyard, make_repo):
+    """On a machine without the NVIDIA driver, --allow-gpu-metrics (the default) exports no GPU
+    series, says so once in the log, and changes nothing else."""
+    srv = switchyard(make_repo(("simple",)), "--allow-gpu-metrics=true", "--metrics-interval-ms", "100")
+    time.sleep(0.3)
+    c = srv.client()
+    assert c.is_server_ready()
+    res = c.infer("simple", simple_inputs(1))
+    assert res.as_numpy("OUTPUT0").shape == (1, 16)
+    text = scrape(srv.metrics_url)
+    assert "nv_gpu_" not in text and "nv_energy_consumption" not in text, text
+    samples = parse(text)
+    assert value(samples, "nv_inference_request_success", model="simple", version="1") == 1
+    assert 0.0 <= value(samples, "nv_cpu_utilization") <= 1.0
+    log = srv.log()
+    lines = [l for l in log.splitlines() if "GPU metrics will not be available" in l]
+    assert len(lines) == 1, log
+    assert "NVML not available" in lines[0], lines[0]
