@@ -9,11 +9,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Index of a value in [`Graph::values`].
 pub type ValueId = usize;
 
 /// Element types the engine computes with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DType {
     F32,
     F64,
@@ -36,7 +38,7 @@ impl fmt::Display for DType {
 }
 
 /// One dimension of a shape.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Dim {
     /// A size known at compile time.
     Known(usize),
@@ -71,7 +73,7 @@ pub fn shape_string(shape: &Option<Shape>) -> String {
 }
 
 /// The elements of a tensor, one variant per [`DType`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Data {
     F32(Vec<f32>),
     F64(Vec<f64>),
@@ -107,7 +109,7 @@ impl Data {
 }
 
 /// A dense row-major tensor with concrete dims: constants and interpreter values.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tensor {
     pub shape: Vec<usize>,
     pub data: Data,
@@ -183,7 +185,7 @@ impl Tensor {
 }
 
 /// Elementwise functions of one input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UnaryOp {
     Relu,
     Sigmoid,
@@ -197,7 +199,7 @@ pub enum UnaryOp {
 }
 
 /// Elementwise functions of two inputs with numpy broadcasting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BinaryOp {
     Add,
     Sub,
@@ -207,7 +209,7 @@ pub enum BinaryOp {
 }
 
 /// What a fused GEMM applies to its result, in order after the bias.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Activation {
     None,
     Relu,
@@ -218,7 +220,7 @@ pub enum Activation {
 
 /// `Y = activation(alpha · op(A) · op(B) + beta · C)`. ONNX `Gemm` (2-D `A`) and the fusion of
 /// `MatMul` + `Add` [+ activation] (then `A` may have leading batch dims, `B` is 2-D).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Gemm {
     pub trans_a: bool,
     pub trans_b: bool,
@@ -228,7 +230,7 @@ pub struct Gemm {
 }
 
 /// Operators with validated, typed attributes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     Unary(UnaryOp),
     Binary(BinaryOp),
@@ -348,7 +350,7 @@ impl Op {
 }
 
 /// A value: a graph input, a constant or a node output.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Value {
     pub name: String,
     pub dtype: DType,
@@ -356,7 +358,7 @@ pub struct Value {
 }
 
 /// One operation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// The ONNX node name (or `op_type#index` when the model left it empty).
     pub name: String,
@@ -367,7 +369,7 @@ pub struct Node {
 
 /// A whole model. `nodes` is in topological order: every input of a node is a graph input,
 /// a constant or an output of an earlier node.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Graph {
     pub values: Vec<Value>,
     pub constants: BTreeMap<ValueId, Tensor>,

@@ -14,6 +14,8 @@
 //! - [`emulate`]: FP16 and INT8 emulation over the reference: the contract the kernels match.
 //! - [`calibrate`]: INT8 activation ranges from the FP32 reference, and their JSON table.
 //! - [`plan`]: memory planning: liveness and reuse of activation buffers at bound sizes.
+//! - [`cache`]: the compiled [`cache::Engine`] (graph, precisions, calibration, PTX) on disk,
+//!   keyed by model hash, GPU architecture, precision, calibration and kernel sources.
 //!
 //! # Data path
 //! `import::import_model(bytes)` → `fold::fold_constants` → `fuse::fuse_erf_gelu` →
@@ -23,6 +25,7 @@
 //! activation arena per batch-size bucket. The GPU executor will lower the same graph to
 //! CUDA (see `docs/engine.md`).
 
+pub mod cache;
 pub mod calibrate;
 pub mod emulate;
 pub mod fold;

@@ -13,12 +13,14 @@
 //!   remaining elementwise operators because they read FP16 buffers and widen to FP32 (they
 //!   are the candidates for fusion into GEMM epilogues, where they would run in FP32 anyway).
 
+use serde::{Deserialize, Serialize};
+
 use super::ir::{DType, Graph, Node, Op, UnaryOp};
 
 pub use crate::repository::gpu::Precision;
 
 /// Why a node got its precision (recorded for dumps and tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reason {
     /// FP32 was requested.
     Fp32Requested,
@@ -35,7 +37,7 @@ pub enum Reason {
 }
 
 /// The choice for one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodePrecision {
     /// The precision the node's arithmetic runs in.
     pub compute: Precision,
@@ -45,7 +47,7 @@ pub struct NodePrecision {
 }
 
 /// The precision of every node, indexed like [`Graph::nodes`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrecisionPlan {
     pub mode: Precision,
     pub nodes: Vec<NodePrecision>,

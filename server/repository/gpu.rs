@@ -25,7 +25,7 @@ use super::paths::inside;
 use crate::proto::inference::ModelConfig;
 
 /// The precision an engine is built in (`precision_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Precision {
     Fp32,
     Fp16,
