@@ -283,3 +283,73 @@ pub fn decode(bytes: &[u8], key: &CacheKey) -> Result<Engine, String> {
     }
     Ok(engine)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine without PTX (no NVRTC needed): a one-constant graph.
+    fn engine() -> Engine {
+        let mut graph = Graph::default();
+        graph.add_constant(
+            "w",
+            Tensor::f32(vec![2], vec![1.5, f32::NEG_INFINITY]).unwrap(),
+        );
+        Engine {
+            precision: precision::assign(&graph, Precision::Fp16),
+            graph,
+            calibration: None,
+            compute_capability: (9, 0),
+            kernels: vec![KernelPtx {
+                file: "softmax.cu".into(),
+                entry_points: vec!["softmax_f32".into()],
+                ptx: ".target sm_90".into(),
+            }],
+        }
+    }
+
+    fn key() -> CacheKey {
+        CacheKey::new(b"model", ComputeCapability::HOPPER, Precision::Fp16, None)
+    }
+
+    #[test]
+    fn a_file_round_trips_and_names_its_key() {
+        let bytes = encode(&key(), &engine()).unwrap();
+        assert_eq!(decode(&bytes, &key()).unwrap(), engine());
+        let name = key().file_name();
+        assert!(
+            name.contains("-sm90-fp16-") && name.ends_with("-v1.engine"),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn every_damaged_file_is_refused_with_a_reason() {
+        let good = encode(&key(), &engine()).unwrap();
+        for cut in 0..good.len() {
+            assert!(decode(&good[..cut], &key()).is_err(), "cut at {cut}");
+        }
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 1;
+            assert!(decode(&bad, &key()).is_err(), "byte {i} flipped");
+        }
+        let mut other = key();
+        other.compute_capability = (8, 0);
+        let e = decode(&good, &other).unwrap_err();
+        assert!(e.contains("another key"), "{e}");
+    }
+
+    #[test]
+    fn int8_keys_depend_on_the_calibration_and_others_ignore_it() {
+        let table = CalibrationTable::from_json(
+            r#"{"format":"switchyard-int8-calibration","version":1,"method":"max","tensors":{}}"#,
+        )
+        .unwrap();
+        let cc = ComputeCapability::HOPPER;
+        let k = |p, t| CacheKey::new(b"m", cc, p, t);
+        assert_eq!(k(Precision::Fp16, Some(&table)), k(Precision::Fp16, None));
+        assert_ne!(k(Precision::Int8, Some(&table)), k(Precision::Int8, None));
+        assert_ne!(kernels_hash(), 0);
+    }
+}
