@@ -7,7 +7,10 @@
 //! of 20 loads of the cached file (read, checksum, decode, key check).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's Instant (the lint's choice): outside a runtime it reads the real clock.
+use tokio::time::Instant;
 
 use switchyard::engine::cache::{get_or_compile, CacheKey, CacheOutcome, Engine};
 use switchyard::engine::precision::Precision;
