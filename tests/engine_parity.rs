@@ -14,53 +14,8 @@ use switchyard::executor::Engine;
 use switchyard::proto::onnx::ModelProto;
 use switchyard::tensor::{DataType, NamedTensor, Tensor as WireTensor};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// ORT_DYLIB_PATH if set, else the path `scripts/deps.sh` records in `.deps/ort-lib-path`.
-fn ort_library() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        return PathBuf::from(p);
-    }
-    let recorded = Path::new(ROOT).join(".deps/ort-lib-path");
-    let text = std::fs::read_to_string(&recorded).unwrap_or_else(|e| {
-        panic!(
-            "ONNX Runtime is required: set ORT_DYLIB_PATH or run `bash scripts/deps.sh test` ({}: {e})",
-            recorded.display()
-        )
-    });
-    PathBuf::from(text.trim())
-}
-
-/// Reads a little-endian float32 C-order `.npy` (format 1.0 or 2.0): `(rows, cols, data)`.
-fn read_npy_f32(path: &Path) -> (usize, usize, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "not a .npy file");
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-    };
-    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
-    assert!(header.contains("'descr': '<f4'"), "{header}");
-    assert!(header.contains("'fortran_order': False"), "{header}");
-    let shape = &header[header.find("'shape': (").unwrap() + 10..];
-    let shape = &shape[..shape.find(')').unwrap()];
-    let dims: Vec<usize> = shape
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    assert_eq!(dims.len(), 2, "{header}");
-    let data: Vec<f32> = bytes[start + header_len..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    assert_eq!(data.len(), dims[0] * dims[1]);
-    (dims[0], dims[1], data)
-}
+mod common;
+use common::{ort_library, read_npy_f32, ROOT};
 
 fn model_path(version: u32) -> PathBuf {
     Path::new(ROOT).join(format!("model_repository/fraud_mlp/{version}/model.onnx"))

@@ -8,7 +8,7 @@
 //! ONNX Runtime must be present (run `scripts/deps.sh test` first): a missing library fails
 //! these tests, it never skips them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use switchyard::engine::calibrate::{self, CalibrationTable, Method};
 use switchyard::engine::emulate::Emulator;
@@ -19,45 +19,8 @@ use switchyard::executor::onnx::{init_runtime, OnnxEngine};
 use switchyard::executor::Engine;
 use switchyard::tensor::{DataType, NamedTensor, Tensor as WireTensor};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// ORT_DYLIB_PATH if set, else the path `scripts/deps.sh` records in `.deps/ort-lib-path`.
-fn ort_library() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        return PathBuf::from(p);
-    }
-    let recorded = Path::new(ROOT).join(".deps/ort-lib-path");
-    let text = std::fs::read_to_string(&recorded).unwrap_or_else(|e| {
-        panic!(
-            "ONNX Runtime is required: set ORT_DYLIB_PATH or run `bash scripts/deps.sh test` ({}: {e})",
-            recorded.display()
-        )
-    });
-    PathBuf::from(text.trim())
-}
-
-/// The held-out set: a little-endian float32 `(2000, 30)` `.npy`.
-fn heldout() -> (usize, usize, Vec<f32>) {
-    let bytes = std::fs::read(Path::new(ROOT).join("tests/python/data/fraud_heldout.npy")).unwrap();
-    assert_eq!(&bytes[..6], b"\x93NUMPY");
-    let (len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-    };
-    let header = std::str::from_utf8(&bytes[start..start + len]).unwrap();
-    assert!(
-        header.contains("'descr': '<f4'") && header.contains("(2000, 30)"),
-        "{header}"
-    );
-    let data: Vec<f32> = bytes[start + len..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (2000, 30, data)
-}
+mod common;
+use common::{heldout, ort_library, ROOT};
 
 /// Runs ONNX Runtime and returns each requested output's raw little-endian bytes.
 fn ort(path: &Path, inputs: Vec<NamedTensor>, outputs: &[&str]) -> Vec<Vec<u8>> {
@@ -109,6 +72,7 @@ fn agreement(a: &[i64], b: &[i64]) -> f64 {
 
 fn fraud(version: u32) {
     let (rows, cols, x) = heldout();
+    assert_eq!((rows, cols), (2000, 30));
     let path = Path::new(ROOT).join(format!("model_repository/fraud_mlp/{version}/model.onnx"));
     let out = ort(
         &path,
