@@ -141,61 +141,53 @@ pub struct Comparison {
     pub agree: bool,
 }
 
-fn as_f64(t: &Tensor) -> Option<Vec<f64>> {
-    let d = &t.data;
-    macro_rules! conv {
-        ($ty:ty, $n:expr) => {
-            d.chunks_exact($n)
-                .map(|c| {
-                    let mut b = [0u8; $n];
-                    b.copy_from_slice(c);
-                    <$ty>::from_le_bytes(b) as f64
-                })
-                .collect()
-        };
-    }
-    Some(match t.dtype {
-        DataType::Fp32 => conv!(f32, 4),
-        DataType::Fp64 => conv!(f64, 8),
-        DataType::Fp16 => d
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        DataType::Bf16 => d
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        DataType::Int8 => d.iter().map(|b| *b as i8 as f64).collect(),
-        DataType::Uint8 => d.iter().map(|b| *b as f64).collect(),
-        DataType::Bool => d.iter().map(|b| (*b != 0) as u8 as f64).collect(),
-        DataType::Int16 => conv!(i16, 2),
-        DataType::Uint16 => conv!(u16, 2),
-        DataType::Int32 => conv!(i32, 4),
-        DataType::Uint32 => conv!(u32, 4),
-        DataType::Int64 => conv!(i64, 8),
-        DataType::Uint64 => conv!(u64, 8),
-        DataType::Bytes => return None,
-    })
-}
-
-/// Element `i` of a numeric tensor as f64, without converting the rest.
-fn element_f64(t: &Tensor, i: usize) -> Option<f64> {
-    let size = match t.dtype {
+/// Bytes per element of a numeric type (None for BYTES).
+fn width(d: DataType) -> Option<usize> {
+    Some(match d {
         DataType::Bytes => return None,
         DataType::Bool | DataType::Int8 | DataType::Uint8 => 1,
         DataType::Fp16 | DataType::Bf16 | DataType::Int16 | DataType::Uint16 => 2,
         DataType::Fp32 | DataType::Int32 | DataType::Uint32 => 4,
         DataType::Fp64 | DataType::Int64 | DataType::Uint64 => 8,
-    };
-    let start = i.checked_mul(size)?;
-    let bytes = t.data.get(start..start.checked_add(size)?)?;
-    as_f64(&Tensor {
-        dtype: t.dtype,
-        shape: vec![1],
-        data: bytes.to_vec().into(),
-    })?
-    .first()
-    .copied()
+    })
+}
+
+/// One little-endian element of type `d` (`b` is exactly `width(d)` bytes) as f64.
+fn decode(d: DataType, b: &[u8]) -> f64 {
+    fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
+        let mut a = [0u8; N];
+        a.copy_from_slice(b);
+        a
+    }
+    match d {
+        DataType::Fp32 => f32::from_le_bytes(arr(b)) as f64,
+        DataType::Fp64 => f64::from_le_bytes(arr(b)),
+        DataType::Fp16 => half::f16::from_le_bytes(arr(b)).to_f64(),
+        DataType::Bf16 => half::bf16::from_le_bytes(arr(b)).to_f64(),
+        DataType::Int8 => b[0] as i8 as f64,
+        DataType::Uint8 => b[0] as f64,
+        DataType::Bool => (b[0] != 0) as u8 as f64,
+        DataType::Int16 => i16::from_le_bytes(arr(b)) as f64,
+        DataType::Uint16 => u16::from_le_bytes(arr(b)) as f64,
+        DataType::Int32 => i32::from_le_bytes(arr(b)) as f64,
+        DataType::Uint32 => u32::from_le_bytes(arr(b)) as f64,
+        DataType::Int64 => i64::from_le_bytes(arr(b)) as f64,
+        DataType::Uint64 => u64::from_le_bytes(arr(b)) as f64,
+        DataType::Bytes => f64::NAN,
+    }
+}
+
+fn as_f64(t: &Tensor) -> Option<Vec<f64>> {
+    let w = width(t.dtype)?;
+    Some(t.data.chunks_exact(w).map(|c| decode(t.dtype, c)).collect())
+}
+
+/// Element `i` of a numeric tensor as f64, without converting the rest.
+fn element_f64(t: &Tensor, i: usize) -> Option<f64> {
+    let w = width(t.dtype)?;
+    let start = i.checked_mul(w)?;
+    let bytes = t.data.get(start..start.checked_add(w)?)?;
+    Some(decode(t.dtype, bytes))
 }
 
 fn is_float(d: DataType) -> bool {
