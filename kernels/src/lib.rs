@@ -9,6 +9,11 @@
 //! - [`nvrtc`]: compiles those sources to PTX for a GPU architecture (sm_90 on Hopper).
 //! - [`nvml`]: GPU utilisation, memory, power and energy through NVML (loaded at run time),
 //!   for the `nv_gpu_*` gauges of `/metrics`.
+//! - [`program`]: a compiled engine lowered for one input shape: buffers, weights and the
+//!   device steps (GEMMs, our kernels) in order — the contract between the engine compiler
+//!   and the executors.
+//! - [`program_cpu`]: runs a [`program::Program`] on the CPU with the kernels' semantics, so
+//!   the lowering is tested against ONNX Runtime without a GPU.
 //! - [`trim_heap`]: glibc `malloc_trim`, used when models are released.
 //!
 //! The GPU executor (engines compiled from ONNX, streams, CUDA graphs) lands later in the GPU
@@ -17,6 +22,8 @@
 pub mod nvml;
 pub mod nvrtc;
 pub mod probe;
+pub mod program;
+pub mod program_cpu;
 pub mod sources;
 
 pub use probe::{probe, ComputeCapability, CudaProbe};
