@@ -33,6 +33,7 @@ pub mod fuse;
 pub mod import;
 pub mod infer;
 pub mod ir;
+pub mod lower;
 pub mod plan;
 pub mod precision;
 pub mod quant;
