@@ -128,6 +128,14 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub shadow_log_keep: usize,
 
+    /// Directory of compiled GPU engines (`tensorrt` accelerator models), one file per model
+    /// file, GPU architecture, precision, calibration and kernel version; a cached engine
+    /// loads instead of compiling. Default: `switchyard-engines` in the system's temporary
+    /// directory. `trt_engine_cache_enable: "false"` in a model's config turns it off for
+    /// that model.
+    #[arg(long)]
+    pub engine_cache_dir: Option<PathBuf>,
+
     /// Path of ONNX Runtime's shared library (libonnxruntime.so), loaded at run time.
     #[arg(long, env = "ORT_DYLIB_PATH", default_value = "libonnxruntime.so")]
     pub ort_library: PathBuf,
@@ -151,6 +159,8 @@ pub struct Args {
 pub struct LoadOptions {
     /// `--deployment-state-dir`.
     pub deployment_state_dir: Option<PathBuf>,
+    /// `--engine-cache-dir`, or its default.
+    pub engine_cache_dir: PathBuf,
     pub auto_complete: bool,
     pub intra_op_threads: usize,
     pub max_pending_requests: usize,
@@ -162,6 +172,10 @@ impl Args {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             deployment_state_dir: self.deployment_state_dir.clone(),
+            engine_cache_dir: self
+                .engine_cache_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("switchyard-engines")),
             auto_complete: !self.disable_auto_complete_config,
             intra_op_threads: self.ort_intra_op_threads,
             max_pending_requests: self.max_pending_requests,
@@ -222,5 +236,21 @@ mod tests {
             "--repository-poll-secs=0"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn engine_cache_dir_defaults_to_the_temporary_directory() {
+        let a = Args::try_parse_from(["switchyard", "--model-repository=/m"]).unwrap();
+        assert_eq!(
+            a.load_options().engine_cache_dir,
+            std::env::temp_dir().join("switchyard-engines")
+        );
+        let b = Args::try_parse_from([
+            "switchyard",
+            "--model-repository=/m",
+            "--engine-cache-dir=/var/cache/sy",
+        ])
+        .unwrap();
+        assert_eq!(b.load_options().engine_cache_dir, PathBuf::from("/var/cache/sy"));
     }
 }
