@@ -208,42 +208,65 @@ fn i64_wire(name: &str, shape: [usize; 2], v: &[i64]) -> NamedTensor {
     }
 }
 
-#[test]
-fn tiny_encoder_matches_onnx_runtime() {
-    let path = Path::new(ROOT).join("tests/data/tiny_encoder.onnx");
-    let bytes = std::fs::read(&path).unwrap();
-    let (batch, seq) = (3usize, 7usize);
-    // Deterministic ids in [0, 50) and masks with 0, 2 and 4 padding positions.
-    let mut state = 12345u64;
-    let ids: Vec<i64> = (0..batch * seq)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) % 50) as i64
-        })
-        .collect();
-    let mask: Vec<i64> = (0..batch * seq)
-        .map(|i| i64::from(i % seq < seq - 2 * (i / seq)))
-        .collect();
-    let ort = ort_f32_outputs(
-        &path,
-        vec![
-            i64_wire("input_ids", [batch, seq], &ids),
-            i64_wire("attention_mask", [batch, seq], &mask),
-        ],
-        &["last_hidden_state", "embedding"],
-    );
+/// The pipeline before the attention and residual-add fusions: import, fold, GELU, GEMM.
+fn compile_gemm_only(bytes: &[u8]) -> engine::ir::Graph {
+    let mut g = engine::import::import_model(bytes).unwrap();
+    engine::fold::fold_constants(&mut g).unwrap();
+    engine::fuse::fuse_erf_gelu(&mut g).unwrap();
+    engine::fuse::fuse_gemm(&mut g).unwrap();
+    g.remove_unused();
+    g
+}
 
+#[test]
+fn tiny_encoder_compiles_to_fused_gemms_attention_and_add_layer_norms() {
+    let bytes = std::fs::read(Path::new(ROOT).join("tests/data/tiny_encoder.onnx")).unwrap();
     let imported = engine::import::import_model(&bytes).unwrap();
     let compiled = engine::compile(&bytes).unwrap();
     let counts = compiled.op_counts();
     // q, k, v, o, ffn1, ffn2 and the head: MatMul + bias each; ffn1's Erf-written GELU and
     // the head's Tanh are fused as epilogues.
     assert_eq!(counts.get("Gemm"), Some(&7), "{counts:?}");
-    assert_eq!(counts.get("MatMul"), Some(&2), "{counts:?}");
     assert_eq!(counts.get("Tanh"), None, "{counts:?}");
     assert_eq!(counts.get("Erf"), None, "{counts:?}");
+    // Q·Kᵀ / √d + mask → Softmax → ·V is one Attention (the mask's Expand to the scores'
+    // shape and its Shape go with it); the residual adds before LayerNorm 1 and 2 are fused.
+    assert_eq!(counts.get("Attention"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("AddLayerNorm"), Some(&2), "{counts:?}");
+    assert_eq!(counts.get("LayerNormalization"), Some(&1), "{counts:?}");
+    for gone in ["MatMul", "Softmax", "Expand"] {
+        assert_eq!(counts.get(gone), None, "{gone}: {counts:?}");
+    }
+    let attention = compiled
+        .nodes
+        .iter()
+        .find(|n| matches!(n.op, engine::ir::Op::Attention { .. }))
+        .unwrap();
+    assert_eq!(
+        attention.op,
+        engine::ir::Op::Attention {
+            scale: 1.0 / 8f32.sqrt(),
+            k_transposed: true
+        }
+    );
+    let names: Vec<&str> = attention
+        .inputs
+        .iter()
+        .map(|&i| compiled.values[i].name.as_str())
+        .collect();
+    assert_eq!(names, ["qt", "kt", "vt", "mask"]);
+    let add_lns: Vec<Vec<&str>> = compiled
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, engine::ir::Op::AddLayerNorm { .. }))
+        .map(|n| {
+            n.inputs[..2]
+                .iter()
+                .map(|&i| compiled.values[i].name.as_str())
+                .collect()
+        })
+        .collect();
+    assert_eq!(add_lns, [["o", "x0"], ["ffn2", "x1"]]);
     let gelus = compiled
         .nodes
         .iter()
@@ -258,8 +281,8 @@ fn tiny_encoder_matches_onnx_runtime() {
         })
         .count();
     assert_eq!(gelus, 1, "{counts:?}");
-    // Symbolic dims survive attention (Reshape with 0s, Transpose, an Expand to a computed
-    // shape), pooling and normalisation.
+    // Symbolic dims survive attention (Reshape with 0s, Transpose, the fused Attention),
+    // pooling and normalisation.
     use engine::ir::Dim;
     let (b, s) = (Dim::Sym("batch".into()), Dim::Sym("sequence".into()));
     let shapes: Vec<_> = compiled
@@ -272,37 +295,86 @@ fn tiny_encoder_matches_onnx_runtime() {
     // The three `gamma + 1` Adds of constants were folded away.
     assert!(imported.nodes.iter().any(|n| n.name == "Add_ln0_gamma"));
     assert!(!compiled.nodes.iter().any(|n| n.name.starts_with("Add_ln")));
+    // The fused graph survives the engine cache's serialization.
+    let bytes = postcard::to_allocvec(&compiled).unwrap();
+    let back: engine::ir::Graph = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(back, compiled);
+}
 
-    for (what, graph) in [("imported", &imported), ("compiled", &compiled)] {
-        let out = reference::run(
-            graph,
-            &[
-                (
-                    "input_ids",
-                    Tensor::i64(vec![batch, seq], ids.clone()).unwrap(),
-                ),
-                (
-                    "attention_mask",
-                    Tensor::i64(vec![batch, seq], mask.clone()).unwrap(),
-                ),
+/// Deterministic ids in [0, 50) and a mask padding row r by (2·r mod seq) positions.
+fn encoder_tokens(batch: usize, seq: usize) -> (Vec<i64>, Vec<i64>) {
+    let mut state = 12345u64;
+    let ids: Vec<i64> = (0..batch * seq)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % 50) as i64
+        })
+        .collect();
+    let mask: Vec<i64> = (0..batch * seq)
+        .map(|i| i64::from(i % seq < seq - (2 * (i / seq)) % seq))
+        .collect();
+    (ids, mask)
+}
+
+#[test]
+fn tiny_encoder_matches_onnx_runtime() {
+    let path = Path::new(ROOT).join("tests/data/tiny_encoder.onnx");
+    let bytes = std::fs::read(&path).unwrap();
+    let imported = engine::import::import_model(&bytes).unwrap();
+    let gemm_only = compile_gemm_only(&bytes);
+    let compiled = engine::compile(&bytes).unwrap();
+    assert_eq!(gemm_only.op_counts().get("Attention"), None);
+    for (batch, seq) in [(3usize, 7usize), (1, 1), (2, 5), (5, 16)] {
+        let (ids, mask) = encoder_tokens(batch, seq);
+        assert!(batch == 1 || mask.contains(&0), "some padding");
+        let ort = ort_f32_outputs(
+            &path,
+            vec![
+                i64_wire("input_ids", [batch, seq], &ids),
+                i64_wire("attention_mask", [batch, seq], &mask),
             ],
-        )
-        .unwrap();
-        for ((name, (ort_shape, ort_v)), got) in ["last_hidden_state", "embedding"]
-            .iter()
-            .zip(&ort)
-            .zip(&out)
-        {
-            let shape: Vec<i64> = got.shape.iter().map(|&d| d as i64).collect();
-            assert_eq!(&shape, ort_shape, "{name}");
-            let v = got.as_f32s().unwrap();
-            let max_err = v
+            &["last_hidden_state", "embedding"],
+        );
+        for (what, graph) in [
+            ("imported", &imported),
+            ("gemm-fused", &gemm_only),
+            ("compiled", &compiled),
+        ] {
+            let out = reference::run(
+                graph,
+                &[
+                    (
+                        "input_ids",
+                        Tensor::i64(vec![batch, seq], ids.clone()).unwrap(),
+                    ),
+                    (
+                        "attention_mask",
+                        Tensor::i64(vec![batch, seq], mask.clone()).unwrap(),
+                    ),
+                ],
+            )
+            .unwrap();
+            for ((name, (ort_shape, ort_v)), got) in ["last_hidden_state", "embedding"]
                 .iter()
-                .zip(ort_v)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            println!("tiny_encoder {what} {name}: max |y - y_ort| = {max_err:e}");
-            assert!(max_err <= 1e-4, "{what} {name}: differs by {max_err}");
+                .zip(&ort)
+                .zip(&out)
+            {
+                let shape: Vec<i64> = got.shape.iter().map(|&d| d as i64).collect();
+                assert_eq!(&shape, ort_shape, "{name}");
+                let v = got.as_f32s().unwrap();
+                let max_err = v
+                    .iter()
+                    .zip(ort_v)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                println!("tiny_encoder {batch}x{seq} {what} {name}: max |y - y_ort| = {max_err:e}");
+                assert!(
+                    max_err <= 1e-4,
+                    "{batch}x{seq} {what} {name}: differs by {max_err}"
+                );
+            }
         }
     }
 }

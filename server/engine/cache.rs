@@ -27,7 +27,7 @@ use super::precision::{self, Precision, PrecisionPlan};
 use super::EngineError;
 
 /// Bumped whenever [`Engine`], [`CacheKey`] or any serialized IR type changes shape.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const MAGIC: &[u8; 8] = b"SWYENGN\0";
 /// Magic, version, and the trailing checksum.
@@ -318,7 +318,7 @@ mod tests {
         assert_eq!(decode(&bytes, &key()).unwrap(), engine());
         let name = key().file_name();
         assert!(
-            name.contains("-sm90-fp16-") && name.ends_with("-v1.engine"),
+            name.contains("-sm90-fp16-") && name.ends_with(&format!("-v{FORMAT_VERSION}.engine")),
             "{name}"
         );
     }

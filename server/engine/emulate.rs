@@ -4,6 +4,10 @@
 //! - **FP16 node**: every float32 input (activations *and* weights/bias) is rounded to IEEE
 //!   half (round to nearest even, [`half::f16::from_f32`]); the FP32 kernel then runs, so GEMMs
 //!   accumulate in FP32 and the bias and epilogue are FP32.
+//! - **FP16 `Attention`** (two GEMMs around a softmax): `q`, `k`, `v` rounded to half, the
+//!   additive mask kept in FP32; `q · k'` accumulates in FP32 and the scale, mask and softmax
+//!   are FP32; the probabilities are rounded to half before `P · V`, which accumulates in
+//!   FP32 (what a fused kernel feeding FP16 tensor cores computes).
 //! - **INT8 `Gemm`**: `A` quantised per tensor with the calibrated scale `s_a`, `op(B)`
 //!   quantised per output channel (`s_w[j]`, [`quant::QuantizedWeights`]), int8 × int8 → int32
 //!   accumulation, then `y = act(acc · d[j] + beta · C)` with `d[j] = alpha · s_a · s_w[j]`
@@ -111,11 +115,17 @@ impl<'g> Emulator<'g> {
             let p = self.plan.nodes[i];
             let mut outs = match p.compute {
                 Precision::Fp32 => reference::eval(&node.op, args)?,
-                Precision::Fp16 => {
-                    let rounded: Vec<Tensor> = args.iter().map(|t| round_f16(t)).collect();
-                    let refs: Vec<&Tensor> = rounded.iter().collect();
-                    reference::eval(&node.op, &refs)?
-                }
+                Precision::Fp16 => match &node.op {
+                    Op::Attention {
+                        scale,
+                        k_transposed,
+                    } => vec![attention_f16(*scale, *k_transposed, args)?],
+                    _ => {
+                        let rounded: Vec<Tensor> = args.iter().map(|t| round_f16(t)).collect();
+                        let refs: Vec<&Tensor> = rounded.iter().collect();
+                        reference::eval(&node.op, &refs)?
+                    }
+                },
                 Precision::Int8 => {
                     let q = self
                         .int8
@@ -143,6 +153,28 @@ pub fn round_f16(t: &Tensor) -> Tensor {
         },
         _ => t.clone(),
     }
+}
+
+/// The FP16 `Attention` of the contract in the module docs: `q`, `k`, `v` rounded to half,
+/// the mask kept in FP32, scores, scale, mask and softmax in FP32, the probabilities rounded
+/// to half for the FP32-accumulated `P · V`.
+fn attention_f16(scale: f32, k_transposed: bool, args: &[&Tensor]) -> Result<Tensor, String> {
+    let [q, k, v, rest @ ..] = args else {
+        return Err(format!(
+            "Attention needs q, k, v; has {} inputs",
+            args.len()
+        ));
+    };
+    let (q, k, v) = (round_f16(q), round_f16(k), round_f16(v));
+    reference::attention(
+        scale,
+        k_transposed,
+        &q,
+        &k,
+        &v,
+        rest.first().copied(),
+        &|p| f16::from_f32(p).to_f32(),
+    )
 }
 
 /// The INT8 `Gemm` of the contract in the module docs.

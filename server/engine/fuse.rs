@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::ir::{Activation, BinaryOp, DType, Gemm, Graph, Op, UnaryOp, ValueId};
+use super::ir::{Activation, BinaryOp, DType, Dim, Gemm, Graph, Op, Shape, UnaryOp, ValueId};
 use super::EngineError;
 
 /// Applies the fusion until nothing matches; returns how many GEMMs were formed.
@@ -248,6 +248,342 @@ fn find_match(graph: &Graph) -> Option<Match> {
     None
 }
 
+/// Fuses scaled dot-product attention into one [`Op::Attention`]:
+/// `MatMul(q, k) [→ Div(c) | Mul(c)] [→ Add(mask)] → Softmax(last axis) → MatMul(·, v)`.
+///
+/// - The scale is the scalar float32 constant between the first MatMul and the Softmax:
+///   `Div` by `c` gives `scale = 1/c`, `Mul` by `c` (either order) `scale = c`, none `1`.
+///   (Scales applied to `q` and `k` before the MatMul, as SDPA exports do, stay as they are.)
+/// - `k` is taken as the MatMul's operand (`[B, H, D, Sk]`, `k_transposed = true`), unless
+///   that operand is a `Transpose(perm [0, 1, 3, 2])` read only here: then the Transpose is
+///   absorbed and its input (`[B, H, Sk, D]`) passed with `k_transposed = false`.
+/// - The mask is the other operand of the `Add` (either order), a float32 value whose shape
+///   broadcasts to the scores' `[B, H, Sq, Sk]` without growing it. A mask written
+///   `Expand(m, Shape(scores))` (the scores' own shape, read only for that) is replaced by `m`,
+///   which broadcasts to the same sum, so the Shape does not count as a second reader.
+/// - The Softmax runs over the last axis (`axis` -1 or 3; the opset < 13 2-D coercion at
+///   axis 3 is the same thing on rank 4).
+/// - `q`, `k`, `v` have rank 4 with the same `B` and `H` (equal known sizes or equal symbols:
+///   no broadcasting); every intermediate has exactly one reader and is not a graph output.
+///
+/// Returns how many attentions were fused.
+pub fn fuse_attention(graph: &mut Graph) -> Result<usize, EngineError> {
+    let mut fused = 0;
+    while let Some(m) = find_attention(graph) {
+        let out = graph.nodes[m.last].outputs[0];
+        let name = graph.nodes[m.last].name.clone();
+        let mut inputs = vec![m.q, m.k, m.v];
+        inputs.extend(m.mask);
+        // The Attention takes the place of the final MatMul: its inputs are all defined
+        // before the pattern's nodes that read them, so before it.
+        graph.nodes[m.last] = super::ir::Node {
+            name,
+            op: Op::Attention {
+                scale: m.scale,
+                k_transposed: m.k_transposed,
+            },
+            inputs,
+            outputs: vec![out],
+        };
+        let mut remove = m.others;
+        remove.sort_unstable();
+        for r in remove.into_iter().rev() {
+            graph.nodes.remove(r);
+        }
+        fused += 1;
+    }
+    Ok(fused)
+}
+
+/// Fuses `LayerNorm(Add(x, residual), scale[, bias])` into one [`Op::AddLayerNorm`] when the
+/// sum is read only by the LayerNorm (as its input 0) and `x` and `residual` have the same
+/// shape by shape inference (equal known sizes or equal symbols; a broadcasting Add is left
+/// alone). Run after [`fuse_gemm`]: the Add's operands are then the GEMM outputs, and the
+/// residual add stays out of the GEMM epilogue. Returns how many were fused.
+pub fn fuse_add_layer_norm(graph: &mut Graph) -> Result<usize, EngineError> {
+    let mut fused = 0;
+    while let Some((add, ln)) = find_add_layer_norm(graph) {
+        let Op::LayerNorm { axis, epsilon } = graph.nodes[ln].op else {
+            break;
+        };
+        let (x, residual) = (graph.nodes[add].inputs[0], graph.nodes[add].inputs[1]);
+        let node = &mut graph.nodes[ln];
+        node.op = Op::AddLayerNorm { axis, epsilon };
+        let mut inputs = vec![x, residual];
+        inputs.extend_from_slice(node.inputs.get(1..).unwrap_or_default());
+        node.inputs = inputs;
+        graph.nodes.remove(add);
+        fused += 1;
+    }
+    Ok(fused)
+}
+
+fn find_add_layer_norm(graph: &Graph) -> Option<(usize, usize)> {
+    let uses = graph.use_counts();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if node.op != Op::Binary(BinaryOp::Add) || node.inputs.len() != 2 {
+            continue;
+        }
+        let (a, b) = (&graph.values[node.inputs[0]], &graph.values[node.inputs[1]]);
+        if a.dtype != DType::F32 || b.dtype != DType::F32 || !same_shape(&a.shape, &b.shape) {
+            continue;
+        }
+        let Some(j) = sole_reader(graph, &uses, node.outputs[0]) else {
+            continue;
+        };
+        let ln = &graph.nodes[j];
+        if matches!(ln.op, Op::LayerNorm { .. }) && ln.inputs.first() == Some(&node.outputs[0]) {
+            return Some((i, j));
+        }
+    }
+    None
+}
+
+/// Whether two dims are provably the same size: equal known sizes or equal symbols.
+fn same_dim(a: &Dim, b: &Dim) -> bool {
+    a == b && *a != Dim::Unknown
+}
+
+/// Whether two inferred shapes are provably equal.
+fn same_shape(a: &Option<Shape>, b: &Option<Shape>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_dim(x, y)),
+        _ => false,
+    }
+}
+
+struct AttentionMatch {
+    q: ValueId,
+    k: ValueId,
+    v: ValueId,
+    mask: Option<ValueId>,
+    scale: f32,
+    k_transposed: bool,
+    /// The final `MatMul(probs, v)`, replaced by the Attention.
+    last: usize,
+    /// The pattern's other nodes, removed.
+    others: Vec<usize>,
+}
+
+/// The nodes reading `v` (once per input slot), or `None` if `v` is a graph output.
+fn readers(graph: &Graph, v: ValueId) -> Option<Vec<usize>> {
+    if graph.outputs.contains(&v) {
+        return None;
+    }
+    Some(
+        graph
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.inputs.iter().filter(|&&x| x == v).map(move |_| i))
+            .collect(),
+    )
+}
+
+/// The float32 value of `v` if it is a one-element constant of rank <= 4 (broadcasting it
+/// over rank-4 scores leaves their shape alone).
+fn scalar_constant(graph: &Graph, v: ValueId) -> Option<f32> {
+    let t = graph.constants.get(&v)?;
+    match t.as_f32s()? {
+        [c] if t.shape.len() <= 4 => Some(*c),
+        _ => None,
+    }
+}
+
+/// The scale a `Div`/`Mul` node applies to `cur` with a scalar constant, if it is one.
+fn scale_of(graph: &Graph, node: &super::ir::Node, cur: ValueId) -> Option<f32> {
+    match (&node.op, node.inputs.as_slice()) {
+        (Op::Binary(BinaryOp::Div), [x, c]) if *x == cur => {
+            let c = scalar_constant(graph, *c)?;
+            (c != 0.0 && c.is_finite()).then(|| 1.0 / c)
+        }
+        (Op::Binary(BinaryOp::Mul), [x, c]) | (Op::Binary(BinaryOp::Mul), [c, x])
+            if *x == cur && *c != cur =>
+        {
+            scalar_constant(graph, *c).filter(|c| c.is_finite())
+        }
+        _ => None,
+    }
+}
+
+/// Whether `mask` is a float32 value whose shape broadcasts onto `scores` (rank 4) without
+/// changing it: every dim, aligned from the right, is 1 or provably the scores' dim.
+fn mask_fits(graph: &Graph, mask: ValueId, scores: &[Dim]) -> bool {
+    let m = &graph.values[mask];
+    let Some(ms) = &m.shape else {
+        return false;
+    };
+    m.dtype == DType::F32
+        && ms.len() <= scores.len()
+        && ms
+            .iter()
+            .rev()
+            .zip(scores.iter().rev())
+            .all(|(d, s)| *d == Dim::Known(1) || same_dim(d, s))
+}
+
+/// The node whose outputs include `v`.
+fn producer(graph: &Graph, v: ValueId) -> Option<usize> {
+    graph.nodes.iter().position(|n| n.outputs.contains(&v))
+}
+
+/// For the two readers of the scores `s`, the `Expand(m, Shape(s))` mask pattern: returns
+/// `(add, m, [shape, expand])` when one reader is a full-range `Shape` of `s` read only by an
+/// `Expand` whose output is read only by the other reader, an `Add` of `s` and it.
+fn expanded_mask(
+    graph: &Graph,
+    uses: &HashMap<ValueId, usize>,
+    s: ValueId,
+    two: [usize; 2],
+) -> Option<(usize, ValueId, [usize; 2])> {
+    for (sh, add) in [(two[0], two[1]), (two[1], two[0])] {
+        let shape_node = &graph.nodes[sh];
+        let Op::Shape { start, end } = shape_node.op else {
+            continue;
+        };
+        let rank = graph.values[s].shape.as_ref().map_or(0, Vec::len);
+        if shape_node.inputs != [s] || super::infer::shape_range(rank, start, end) != (0, rank) {
+            continue;
+        }
+        let Some(ex) = sole_reader(graph, uses, shape_node.outputs[0]) else {
+            continue;
+        };
+        let expand = &graph.nodes[ex];
+        if expand.op != Op::Expand || expand.inputs.get(1) != Some(&shape_node.outputs[0]) {
+            continue;
+        }
+        let e = expand.outputs[0];
+        if sole_reader(graph, uses, e) != Some(add) {
+            continue;
+        }
+        let a = &graph.nodes[add];
+        if a.op == Op::Binary(BinaryOp::Add) && other_input(a, s) == Some(e) {
+            return Some((add, expand.inputs[0], [sh, ex]));
+        }
+    }
+    None
+}
+
+fn find_attention(graph: &Graph) -> Option<AttentionMatch> {
+    let uses = graph.use_counts();
+    let rank4 = |v: ValueId| graph.values[v].shape.as_ref().filter(|s| s.len() == 4);
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if node.op != Op::MatMul {
+            continue;
+        }
+        let [q, kk] = node.inputs[..] else {
+            continue;
+        };
+        let mut others = vec![i];
+        let mut cur = node.outputs[0];
+        let Some(scores_shape) = rank4(cur) else {
+            continue;
+        };
+        // The next node of the chain: the sole reader of the scores, or the Add of an
+        // expanded mask (whose Shape is then the only other reader).
+        let next_of = |s: ValueId| match readers(graph, s)?.as_slice() {
+            [r] => Some(*r),
+            [a, b] => expanded_mask(graph, &uses, s, [*a, *b]).map(|(add, _, _)| add),
+            _ => None,
+        };
+        let Some(mut next) = next_of(cur) else {
+            continue;
+        };
+        // Optional scale.
+        let mut scale = 1.0;
+        if let Some(c) = scale_of(graph, &graph.nodes[next], cur) {
+            if readers(graph, cur).map(|r| r.len()) != Some(1) {
+                continue;
+            }
+            scale = c;
+            others.push(next);
+            cur = graph.nodes[next].outputs[0];
+            let Some(n) = next_of(cur) else {
+                continue;
+            };
+            next = n;
+        }
+        // Optional additive mask.
+        let mut mask = None;
+        if graph.nodes[next].op == Op::Binary(BinaryOp::Add) {
+            let add = next;
+            let m = match readers(graph, cur).as_deref() {
+                Some([_]) => other_input(&graph.nodes[add], cur).filter(|&m| m != cur),
+                Some(&[a, b]) => match expanded_mask(graph, &uses, cur, [a, b]) {
+                    Some((at, m, extra)) if at == add => {
+                        others.extend(extra);
+                        Some(m)
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(m) = m.filter(|&m| mask_fits(graph, m, scores_shape)) else {
+                continue;
+            };
+            mask = Some(m);
+            others.push(add);
+            cur = graph.nodes[add].outputs[0];
+            let Some(n) = sole_reader(graph, &uses, cur) else {
+                continue;
+            };
+            next = n;
+        }
+        // Softmax over the last axis.
+        let sm = &graph.nodes[next];
+        let Op::Softmax { axis, .. } = sm.op else {
+            continue;
+        };
+        if sm.inputs != [cur] || super::infer::norm_axis(axis, 4).ok() != Some(3) {
+            continue;
+        }
+        others.push(next);
+        let probs = sm.outputs[0];
+        let Some(last) = sole_reader(graph, &uses, probs) else {
+            continue;
+        };
+        let pv = &graph.nodes[last];
+        let (Op::MatMul, &[p, v]) = (&pv.op, pv.inputs.as_slice()) else {
+            continue;
+        };
+        if p != probs || v == probs {
+            continue;
+        }
+        // k as produced, or the input of an absorbed Transpose(perm [0, 1, 3, 2]).
+        let (k, k_transposed) = match producer(graph, kk) {
+            Some(t)
+                if graph.nodes[t].op
+                    == (Op::Transpose {
+                        perm: Some(vec![0, 1, 3, 2]),
+                    })
+                    && sole_reader(graph, &uses, kk) == Some(i) =>
+            {
+                others.push(t);
+                (graph.nodes[t].inputs[0], false)
+            }
+            _ => (kk, true),
+        };
+        let (Some(qs), Some(ks), Some(vs)) = (rank4(q), rank4(k), rank4(v)) else {
+            continue;
+        };
+        let batch_dims_equal = (0..2).all(|d| same_dim(&qs[d], &ks[d]) && same_dim(&qs[d], &vs[d]));
+        if !batch_dims_equal {
+            continue;
+        }
+        return Some(AttentionMatch {
+            q,
+            k,
+            v,
+            mask,
+            scale,
+            k_transposed,
+            last,
+            others,
+        });
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,5 +798,516 @@ mod tests {
         assert_eq!(fuse_gemm(&mut g).unwrap(), 1);
         assert_eq!(g.op_counts().get("Relu"), Some(&1));
         assert_eq!(before, run(&g));
+    }
+}
+
+#[cfg(test)]
+mod attention_tests {
+    use super::*;
+    use crate::engine::infer::infer_all;
+    use crate::engine::ir::{Dim, Tensor};
+    use crate::engine::reference;
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Scale {
+        None,
+        Div,
+        Mul,
+        MulConstantFirst,
+        /// Div by a 4-element constant: not a scalar.
+        DivByVector,
+        /// Div by a graph input: not a constant.
+        DivByInput,
+    }
+
+    #[derive(Clone, Copy)]
+    struct Spec {
+        scale: Scale,
+        mask: bool,
+        /// The mask as `Add(mask, scores)` instead of `Add(scores, mask)`.
+        mask_first: bool,
+        /// The mask written `Expand(mask, Shape(scores))`, as the tiny encoder does.
+        expand_mask: bool,
+        /// `k` given as `[B, H, S, D]` and transposed by a `Transpose(perm [0, 1, 3, 2])`.
+        k_transpose_node: bool,
+        softmax_axis: i64,
+        /// The scores are also read by a Relu whose output is a graph output.
+        scores_read_twice: bool,
+    }
+
+    const BASE: Spec = Spec {
+        scale: Scale::Div,
+        mask: true,
+        mask_first: false,
+        expand_mask: false,
+        k_transpose_node: false,
+        softmax_axis: -1,
+        scores_read_twice: false,
+    };
+
+    const D: usize = 4;
+
+    fn sym(s: &str) -> Dim {
+        Dim::Sym(s.into())
+    }
+
+    /// q, v `[batch, 2, seq, 4]`, k `[batch, 2, 4, seq]` (or `[batch, 2, seq, 4]` then
+    /// transposed), mask `[batch, 1, 1, seq]` → attention as torch exports it.
+    fn graph(spec: Spec) -> Graph {
+        let mut g = Graph::default();
+        let input = |g: &mut Graph, name: &str, dims: Vec<Dim>| {
+            let id = g.add_value(name, DType::F32, Some(dims));
+            g.inputs.push(id);
+            id
+        };
+        let bhsd = vec![sym("batch"), Dim::Known(2), sym("seq"), Dim::Known(D)];
+        let q = input(&mut g, "q", bhsd.clone());
+        let v = input(&mut g, "v", bhsd.clone());
+        let k = if spec.k_transpose_node {
+            let k = input(&mut g, "k", bhsd);
+            g.add_node(
+                "kt",
+                Op::Transpose {
+                    perm: Some(vec![0, 1, 3, 2]),
+                },
+                vec![k],
+                vec!["kt".into()],
+            )
+            .unwrap()[0]
+        } else {
+            input(
+                &mut g,
+                "k",
+                vec![sym("batch"), Dim::Known(2), Dim::Known(D), sym("seq")],
+            )
+        };
+        let bin = |g: &mut Graph, op, a, b, name: &str| {
+            g.add_node(name, Op::Binary(op), vec![a, b], vec![name.into()])
+                .unwrap()[0]
+        };
+        let mut s = g
+            .add_node("qk", Op::MatMul, vec![q, k], vec!["qk".into()])
+            .unwrap()[0];
+        let two = g.add_constant("two", Tensor::f32(vec![], vec![2.0]).unwrap());
+        s = match spec.scale {
+            Scale::None => s,
+            Scale::Div => bin(&mut g, BinaryOp::Div, s, two, "scaled"),
+            Scale::Mul => bin(&mut g, BinaryOp::Mul, s, two, "scaled"),
+            Scale::MulConstantFirst => bin(&mut g, BinaryOp::Mul, two, s, "scaled"),
+            Scale::DivByVector => {
+                // seq is 4 in the inputs below, so the division broadcasts.
+                let c = g.add_constant("c4", Tensor::f32(vec![4], vec![2.0; 4]).unwrap());
+                bin(&mut g, BinaryOp::Div, s, c, "scaled")
+            }
+            Scale::DivByInput => {
+                let c = input(&mut g, "c", vec![]);
+                bin(&mut g, BinaryOp::Div, s, c, "scaled")
+            }
+        };
+        if spec.scores_read_twice {
+            let r = g
+                .add_node("relu", Op::Unary(UnaryOp::Relu), vec![s], vec!["r".into()])
+                .unwrap()[0];
+            g.outputs.push(r);
+        }
+        if spec.mask {
+            let mut m = input(
+                &mut g,
+                "mask",
+                vec![sym("batch"), Dim::Known(1), Dim::Known(1), sym("seq")],
+            );
+            if spec.expand_mask {
+                let shape = g
+                    .add_node(
+                        "shape",
+                        Op::Shape {
+                            start: 0,
+                            end: None,
+                        },
+                        vec![s],
+                        vec!["scores_shape".into()],
+                    )
+                    .unwrap()[0];
+                m = g
+                    .add_node("expand", Op::Expand, vec![m, shape], vec!["mf".into()])
+                    .unwrap()[0];
+            }
+            s = if spec.mask_first {
+                bin(&mut g, BinaryOp::Add, m, s, "masked")
+            } else {
+                bin(&mut g, BinaryOp::Add, s, m, "masked")
+            };
+        }
+        let p = g
+            .add_node(
+                "softmax",
+                Op::Softmax {
+                    axis: spec.softmax_axis,
+                    coerce_2d: false,
+                },
+                vec![s],
+                vec!["p".into()],
+            )
+            .unwrap()[0];
+        let out = g
+            .add_node("pv", Op::MatMul, vec![p, v], vec!["out".into()])
+            .unwrap()[0];
+        g.outputs.insert(0, out);
+        g
+    }
+
+    /// Batch 2, sequence 4; the second sequence has its last two positions masked.
+    fn run(g: &Graph) -> Vec<Tensor> {
+        let (b, h, s) = (2usize, 2usize, 4usize);
+        let vals = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7 + seed * 13) % 23) as f32 - 11.0) / 7.0)
+                .collect()
+        };
+        let k_shape = if g.find("kt").is_some() {
+            vec![b, h, s, D]
+        } else {
+            vec![b, h, D, s]
+        };
+        let mask: Vec<f32> = (0..b * s)
+            .map(|i| if i >= s && i % s >= 2 { -10000.0 } else { 0.0 })
+            .collect();
+        let all = [
+            (
+                "q",
+                Tensor::f32(vec![b, h, s, D], vals(b * h * s * D, 1)).unwrap(),
+            ),
+            ("k", Tensor::f32(k_shape, vals(b * h * s * D, 2)).unwrap()),
+            (
+                "v",
+                Tensor::f32(vec![b, h, s, D], vals(b * h * s * D, 3)).unwrap(),
+            ),
+            ("mask", Tensor::f32(vec![b, 1, 1, s], mask).unwrap()),
+            ("c", Tensor::f32(vec![], vec![2.0]).unwrap()),
+        ];
+        let inputs: Vec<(&str, Tensor)> = all
+            .into_iter()
+            .filter(|(n, _)| g.inputs.iter().any(|&i| g.values[i].name == *n))
+            .collect();
+        reference::run(g, &inputs).unwrap()
+    }
+
+    fn assert_close(a: &[Tensor], b: &[Tensor]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.shape, y.shape);
+            for (p, q) in x.as_f32s().unwrap().iter().zip(y.as_f32s().unwrap()) {
+                assert!((p - q).abs() <= 1e-6, "{p} vs {q}");
+            }
+        }
+    }
+
+    /// Fuses `spec`'s graph; checks the one Attention node and that the output is unchanged.
+    fn fuses(spec: Spec, scale: f32, k_transposed: bool) -> Graph {
+        let mut g = graph(spec);
+        let before = run(&g);
+        assert_eq!(fuse_attention(&mut g).unwrap(), 1, "{:?}", g.op_counts());
+        g.remove_unused();
+        assert_eq!(g.nodes.len(), 1, "{:?}", g.op_counts());
+        let n = &g.nodes[0];
+        assert_eq!(
+            n.op,
+            Op::Attention {
+                scale,
+                k_transposed
+            }
+        );
+        let names: Vec<&str> = n
+            .inputs
+            .iter()
+            .map(|&i| g.values[i].name.as_str())
+            .collect();
+        let mut want = vec!["q", "k", "v"];
+        if spec.mask {
+            want.push("mask");
+        }
+        assert_eq!(names, want);
+        assert_eq!(n.outputs, g.outputs);
+        infer_all(&mut g).unwrap();
+        assert_eq!(
+            g.values[g.outputs[0]].shape,
+            Some(vec![sym("batch"), Dim::Known(2), sym("seq"), Dim::Known(D)])
+        );
+        let after = run(&g);
+        assert_close(&before, &after);
+        g
+    }
+
+    fn unfused(spec: Spec) {
+        let mut g = graph(spec);
+        let before = g.clone();
+        assert_eq!(fuse_attention(&mut g).unwrap(), 0);
+        assert_eq!(g, before);
+    }
+
+    #[test]
+    fn attention_with_div_mul_or_no_scale() {
+        fuses(BASE, 0.5, true);
+        for scale in [Scale::Mul, Scale::MulConstantFirst] {
+            fuses(Spec { scale, ..BASE }, 2.0, true);
+        }
+        fuses(
+            Spec {
+                scale: Scale::None,
+                ..BASE
+            },
+            1.0,
+            true,
+        );
+    }
+
+    #[test]
+    fn attention_with_the_mask_first_expanded_or_absent() {
+        fuses(
+            Spec {
+                mask_first: true,
+                ..BASE
+            },
+            0.5,
+            true,
+        );
+        for scale in [Scale::Div, Scale::None] {
+            fuses(
+                Spec {
+                    expand_mask: true,
+                    scale,
+                    ..BASE
+                },
+                if scale == Scale::Div { 0.5 } else { 1.0 },
+                true,
+            );
+        }
+        fuses(
+            Spec {
+                mask: false,
+                ..BASE
+            },
+            0.5,
+            true,
+        );
+        fuses(
+            Spec {
+                mask: false,
+                scale: Scale::None,
+                ..BASE
+            },
+            1.0,
+            true,
+        );
+    }
+
+    #[test]
+    fn attention_absorbs_the_transpose_of_k() {
+        let g = fuses(
+            Spec {
+                k_transpose_node: true,
+                ..BASE
+            },
+            0.5,
+            false,
+        );
+        assert_eq!(g.op_counts().get("Transpose"), None);
+        // softmax over axis 3 is the last axis too.
+        fuses(
+            Spec {
+                softmax_axis: 3,
+                ..BASE
+            },
+            0.5,
+            true,
+        );
+    }
+
+    #[test]
+    fn attention_left_alone_when_the_pattern_does_not_hold() {
+        unfused(Spec {
+            scores_read_twice: true,
+            ..BASE
+        });
+        unfused(Spec {
+            scores_read_twice: true,
+            scale: Scale::None,
+            ..BASE
+        });
+        unfused(Spec {
+            scale: Scale::DivByVector,
+            ..BASE
+        });
+        unfused(Spec {
+            scale: Scale::DivByInput,
+            ..BASE
+        });
+        unfused(Spec {
+            softmax_axis: 2,
+            ..BASE
+        });
+        unfused(Spec {
+            softmax_axis: -2,
+            mask: false,
+            ..BASE
+        });
+    }
+
+    #[test]
+    fn attention_left_alone_when_an_intermediate_is_a_graph_output_or_shapes_broadcast() {
+        // The probabilities are also a graph output.
+        let mut g = graph(BASE);
+        let p = g.find("p").unwrap();
+        g.outputs.push(p);
+        assert_eq!(fuse_attention(&mut g).unwrap(), 0);
+        // A Transpose of k read twice stays, and k is then taken as produced.
+        let mut g = graph(Spec {
+            k_transpose_node: true,
+            ..BASE
+        });
+        let kt = g.find("kt").unwrap();
+        g.outputs.push(kt);
+        let before = run(&g);
+        assert_eq!(fuse_attention(&mut g).unwrap(), 1);
+        assert_eq!(g.op_counts().get("Transpose"), Some(&1));
+        assert!(matches!(
+            g.nodes.last().unwrap().op,
+            Op::Attention {
+                k_transposed: true,
+                ..
+            }
+        ));
+        assert_close(&before, &run(&g));
+        // v with a broadcast head dim (1): MatMul would broadcast, Attention does not.
+        let mut g = graph(BASE);
+        let v = g.find("v").unwrap();
+        g.values[v].shape = Some(vec![sym("batch"), Dim::Known(1), sym("seq"), Dim::Known(D)]);
+        infer_all(&mut g).unwrap();
+        assert_eq!(fuse_attention(&mut g).unwrap(), 0);
+        // A mask that would grow the scores (a per-query dim of unknown size).
+        let mut g = graph(BASE);
+        let m = g.find("mask").unwrap();
+        g.values[m].shape = Some(vec![sym("batch"), Dim::Known(1), Dim::Unknown, sym("seq")]);
+        infer_all(&mut g).unwrap();
+        assert_eq!(fuse_attention(&mut g).unwrap(), 0);
+    }
+
+    /// `LayerNorm(Add(x, r))` over `[batch, seq, 4]`; `r` `[4]` when `broadcast`.
+    fn add_ln(broadcast: bool, sum_read_twice: bool, bias: bool) -> Graph {
+        let mut g = Graph::default();
+        let full = vec![sym("batch"), sym("seq"), Dim::Known(4)];
+        let x = g.add_value("x", DType::F32, Some(full.clone()));
+        let r_shape = if broadcast { vec![Dim::Known(4)] } else { full };
+        let r = g.add_value("r", DType::F32, Some(r_shape));
+        g.inputs = vec![x, r];
+        let sum = g
+            .add_node(
+                "res",
+                Op::Binary(BinaryOp::Add),
+                vec![x, r],
+                vec!["sum".into()],
+            )
+            .unwrap()[0];
+        let scale = g.add_constant(
+            "gamma",
+            Tensor::f32(vec![4], vec![1.0, 0.5, -2.0, 1.5]).unwrap(),
+        );
+        let mut inputs = vec![sum, scale];
+        if bias {
+            inputs.push(g.add_constant(
+                "beta",
+                Tensor::f32(vec![4], vec![0.1, 0.0, -0.3, 2.0]).unwrap(),
+            ));
+        }
+        let y = g
+            .add_node(
+                "ln",
+                Op::LayerNorm {
+                    axis: -1,
+                    epsilon: 1e-5,
+                },
+                inputs,
+                vec!["y".into()],
+            )
+            .unwrap()[0];
+        g.outputs.push(y);
+        if sum_read_twice {
+            g.outputs.push(sum);
+        }
+        g
+    }
+
+    fn run_ln(g: &Graph, broadcast: bool) -> Vec<Tensor> {
+        let x: Vec<f32> = (0..24).map(|i| ((i * 5 % 13) as f32 - 6.0) / 3.0).collect();
+        let r: Vec<f32> = (0..24).map(|i| ((i * 3 % 7) as f32 - 3.0) / 2.0).collect();
+        let r = if broadcast {
+            Tensor::f32(vec![4], r[..4].to_vec()).unwrap()
+        } else {
+            Tensor::f32(vec![2, 3, 4], r).unwrap()
+        };
+        reference::run(
+            g,
+            &[("x", Tensor::f32(vec![2, 3, 4], x).unwrap()), ("r", r)],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn residual_add_and_layer_norm_become_one_node() {
+        for bias in [true, false] {
+            let mut g = add_ln(false, false, bias);
+            let before = run_ln(&g, false);
+            assert_eq!(fuse_add_layer_norm(&mut g).unwrap(), 1);
+            assert_eq!(g.nodes.len(), 1);
+            assert_eq!(
+                g.nodes[0].op,
+                Op::AddLayerNorm {
+                    axis: -1,
+                    epsilon: 1e-5
+                }
+            );
+            let names: Vec<&str> = g.nodes[0]
+                .inputs
+                .iter()
+                .map(|&i| g.values[i].name.as_str())
+                .collect();
+            let want: &[&str] = if bias {
+                &["x", "r", "gamma", "beta"]
+            } else {
+                &["x", "r", "gamma"]
+            };
+            assert_eq!(names, want);
+            infer_all(&mut g).unwrap();
+            assert_eq!(
+                g.values[g.outputs[0]].shape,
+                Some(vec![sym("batch"), sym("seq"), Dim::Known(4)])
+            );
+            // The same arithmetic: bit for bit.
+            assert_eq!(before, run_ln(&g, false));
+        }
+    }
+
+    #[test]
+    fn broadcasting_or_shared_residual_adds_are_left_alone() {
+        let mut g = add_ln(true, false, true);
+        assert_eq!(fuse_add_layer_norm(&mut g).unwrap(), 0);
+        assert_eq!(g.nodes.len(), 2);
+        run_ln(&g, true);
+        let mut g = add_ln(false, true, true);
+        assert_eq!(fuse_add_layer_norm(&mut g).unwrap(), 0);
+        // Unknown dims cannot be proved equal.
+        let mut g = add_ln(false, false, true);
+        for name in ["x", "r"] {
+            let id = g.find(name).unwrap();
+            g.values[id].shape = Some(vec![Dim::Unknown, sym("seq"), Dim::Known(4)]);
+        }
+        infer_all(&mut g).unwrap();
+        assert_eq!(fuse_add_layer_norm(&mut g).unwrap(), 0);
+        // Different symbols neither.
+        let mut g = add_ln(false, false, true);
+        let r = g.find("r").unwrap();
+        g.values[r].shape = Some(vec![sym("batch"), sym("other"), Dim::Known(4)]);
+        infer_all(&mut g).unwrap();
+        assert_eq!(fuse_add_layer_norm(&mut g).unwrap(), 0);
     }
 }

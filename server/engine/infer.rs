@@ -551,6 +551,51 @@ fn infer_inner(graph: &Graph, op: &Op, inputs: &[ValueId]) -> Result<Vec<ValueTy
             }
             one(DType::F32, shape(0).clone())
         }
+        Op::Attention { k_transposed, .. } => {
+            want_inputs(inputs, 3, 4)?;
+            for i in 0..inputs.len() {
+                need_float(i)?;
+            }
+            let out = match (shape(0), shape(1), shape(2)) {
+                (Some(q), Some(k), Some(v)) => {
+                    let mask = inputs.get(3).and_then(|&m| graph.values[m].shape.as_ref());
+                    Some(attention_shape(q, k, v, *k_transposed, mask)?)
+                }
+                _ => None,
+            };
+            one(DType::F32, out)
+        }
+        Op::AddLayerNorm { axis, .. } => {
+            want_inputs(inputs, 3, 4)?;
+            for i in 0..inputs.len() {
+                need_float(i)?;
+            }
+            let out = match (shape(0), shape(1)) {
+                (Some(x), Some(r)) => {
+                    if x.len() != r.len() {
+                        return Err(format!(
+                            "x {} and residual {} must have the same shape",
+                            super::ir::shape_string(shape(0)),
+                            super::ir::shape_string(shape(1))
+                        ));
+                    }
+                    let merged: Shape = x
+                        .iter()
+                        .zip(r)
+                        .map(|(a, b)| merge_dim(a, b))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("x and residual: {e}"))?;
+                    norm_axis(*axis, merged.len())?;
+                    Some(merged)
+                }
+                (Some(s), None) | (None, Some(s)) => {
+                    norm_axis(*axis, s.len())?;
+                    Some(s.clone())
+                }
+                (None, None) => None,
+            };
+            one(DType::F32, out)
+        }
         Op::Expand => {
             want_inputs(inputs, 2, 2)?;
             if dt(1) != DType::I64 {
@@ -621,6 +666,55 @@ pub fn shape_range(rank: usize, start: i64, end: Option<i64>) -> (usize, usize) 
     let a = clamp(start);
     let b = clamp(end.unwrap_or(rank as i64));
     (a, b.max(a))
+}
+
+/// [`Op::Attention`]'s output shape `[B, H, Sq, D]`: `q`, `k`, `v` of rank 4 with equal
+/// `B`, `H`, the inner dims agreeing, and `mask` (if its shape is known) broadcasting to
+/// `[B, H, Sq, Sk]` without growing it.
+fn attention_shape(
+    q: &[Dim],
+    k: &[Dim],
+    v: &[Dim],
+    k_transposed: bool,
+    mask: Option<&Shape>,
+) -> Result<Shape, String> {
+    if q.len() != 4 || k.len() != 4 || v.len() != 4 {
+        return Err(format!(
+            "q, k and v must have rank 4, got q {} k {} v {}",
+            super::ir::shape_string(&Some(q.to_vec())),
+            super::ir::shape_string(&Some(k.to_vec())),
+            super::ir::shape_string(&Some(v.to_vec()))
+        ));
+    }
+    let mut bh = Vec::with_capacity(2);
+    for d in 0..2 {
+        let m = merge_dim(&merge_dim(&q[d], &k[d])?, &v[d])
+            .map_err(|e| format!("batch dim {d} of q, k and v: {e}"))?;
+        bh.push(m);
+    }
+    let (kd, sk) = if k_transposed {
+        (&k[2], &k[3])
+    } else {
+        (&k[3], &k[2])
+    };
+    merge_dim(&q[3], kd).map_err(|e| format!("head size of q and k: {e}"))?;
+    merge_dim(sk, &v[2]).map_err(|e| format!("key length of k and v: {e}"))?;
+    if let Some(m) = mask {
+        let scores = vec![bh[0].clone(), bh[1].clone(), q[2].clone(), sk.clone()];
+        if m.len() > 4 {
+            return Err(format!(
+                "mask {} has a rank above 4",
+                super::ir::shape_string(&Some(m.clone()))
+            ));
+        }
+        broadcast_shapes(&scores, m).map_err(|e| format!("mask: {e}"))?;
+    }
+    Ok(vec![
+        bh[0].clone(),
+        bh[1].clone(),
+        q[2].clone(),
+        v[3].clone(),
+    ])
 }
 
 /// Numpy matmul output shape.

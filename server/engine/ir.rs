@@ -296,6 +296,23 @@ pub enum Op {
     },
     /// Inputs `data, shape`.
     Expand,
+    /// Fused scaled dot-product attention (from [`crate::engine::fuse::fuse_attention`]).
+    /// Inputs `q, k, v[, mask]`: `q` `[B, H, Sq, D]`; `k` `[B, H, D, Sk]` when `k_transposed`,
+    /// else `[B, H, Sk, D]`; `v` `[B, H, Sk, D]`; `mask` an additive float32 tensor that
+    /// broadcasts (numpy rules) to `[B, H, Sq, Sk]`. The output `[B, H, Sq, D]` is
+    /// `softmax_last_axis((q · k') · scale + mask) · v`, `k'` the `[B, H, D, Sk]` view of `k`.
+    /// All four inputs have rank 4 and equal `B`, `H` (no broadcasting of `q`, `k`, `v`).
+    Attention {
+        scale: f32,
+        k_transposed: bool,
+    },
+    /// Fused residual add + layer norm (from [`crate::engine::fuse::fuse_add_layer_norm`]).
+    /// Inputs `x, residual, scale[, bias]`: [`Op::LayerNorm`] of `x + residual` (same shape,
+    /// no broadcasting), normalized over the dims from `axis` on.
+    AddLayerNorm {
+        axis: i64,
+        epsilon: f32,
+    },
     /// Input `shape`; the value is a one-element tensor.
     ConstantOfShape {
         value: Tensor,
@@ -344,6 +361,8 @@ impl Op {
             Op::Softmax { .. } => "Softmax",
             Op::LayerNorm { .. } => "LayerNormalization",
             Op::Expand => "Expand",
+            Op::Attention { .. } => "Attention",
+            Op::AddLayerNorm { .. } => "AddLayerNorm",
             Op::ConstantOfShape { .. } => "ConstantOfShape",
         }
     }

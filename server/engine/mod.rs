@@ -7,7 +7,8 @@
 //! - [`infer`]: dtype and shape inference per node, with symbolic dims (`batch`, `sequence`).
 //! - [`fold`]: constant folding (evaluated by the reference interpreter).
 //! - [`fuse`]: GELU written with Erf → `Gelu`; MatMul + Add(bias) [+ activation] → one
-//!   [`ir::Op::Gemm`] with an epilogue.
+//!   [`ir::Op::Gemm`] with an epilogue; MatMul [→ scale] [→ + mask] → Softmax → MatMul → one
+//!   [`ir::Op::Attention`]; residual Add → LayerNorm → one [`ir::Op::AddLayerNorm`].
 //! - [`reference`](mod@reference): the FP32 CPU interpreter of the IR, used by tests and by folding.
 //! - [`quant`]: INT8 maths (per-channel weight scales, calibrated activation scale, int32 GEMM).
 //! - [`precision`]: the precision of every node for FP32 / FP16 / INT8 (`precision_mode`).
@@ -19,8 +20,8 @@
 //!
 //! # Data path
 //! `import::import_model(bytes)` → `fold::fold_constants` → `fuse::fuse_erf_gelu` →
-//! `fuse::fuse_gemm` →
-//! `reference::run(graph, inputs)`. For reduced precision: `precision::assign(graph, mode)`
+//! `fuse::fuse_gemm` → `fuse::fuse_attention` → `fuse::fuse_add_layer_norm` →
+//! `Graph::remove_unused` → `reference::run(graph, inputs)`. For reduced precision: `precision::assign(graph, mode)`
 //! → (`calibrate::calibrate` for INT8) → `emulate::Emulator::run`; `plan::plan` sizes the
 //! activation arena per batch-size bucket. The GPU executor will lower the same graph to
 //! CUDA (see `docs/engine.md`).
@@ -75,11 +76,15 @@ pub enum EngineError {
 }
 
 /// The full pipeline used by tests and, later, by the GPU compiler: import, fold, fuse.
+/// The residual-add fusion runs after the GEMM fusion, so the residual Add is never taken
+/// into a GEMM epilogue and its operands are the fused GEMM outputs.
 pub fn compile(model: &[u8]) -> Result<ir::Graph, EngineError> {
     let mut graph = import::import_model(model)?;
     fold::fold_constants(&mut graph)?;
     fuse::fuse_erf_gelu(&mut graph)?;
     fuse::fuse_gemm(&mut graph)?;
+    fuse::fuse_attention(&mut graph)?;
+    fuse::fuse_add_layer_norm(&mut graph)?;
     graph.remove_unused();
     Ok(graph)
 }

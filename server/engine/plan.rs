@@ -14,6 +14,9 @@
 //! - **Assignment** (greedy, in execution order): buffers whose values are all dead are
 //!   free; a value takes the smallest free buffer that fits (best fit), else grows the
 //!   largest free buffer, else opens a new one. The arena is the sum of the buffer sizes.
+//! - **Workspace**: none per operator. A fused [`Op::Attention`](super::ir::Op::Attention)
+//!   keeps its `[B, H, Sq, Sk]` scores on chip (the contract of `docs/engine.md`); a
+//!   lowering that materialises them would have to add that buffer here.
 
 use std::collections::{HashMap, HashSet};
 

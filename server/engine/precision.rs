@@ -6,9 +6,12 @@
 //!   `Gemm` runs in INT8 only when its `B` is a constant 2-D float32 matrix (per-channel
 //!   weight scales need the weights at build time); otherwise, and for `MatMul` (attention's
 //!   `Q·Kᵀ` and `P·V` would need two calibrated activations), INT8 mode falls back to FP16.
+//!   A fused `Attention` is treated like those two `MatMul`s: FP16 in FP16 and INT8 modes,
+//!   its softmax inside in FP32 (see [`super::emulate`]).
 //! - **Outputs** of a reduced-precision GEMM are stored as FP16, except a graph output and a
 //!   `Gemm` with a `Sigmoid` epilogue (a classifier's final probability): those stay FP32.
-//! - **Everything else** computes in FP32: softmax, layer norm and reductions because they
+//! - **Everything else** computes in FP32: softmax, layer norm (also the fused residual
+//!   add + layer norm) and reductions because they
 //!   are numerically sensitive, integer and bool operators because they are exact, and the
 //!   remaining elementwise operators because they read FP16 buffers and widen to FP32 (they
 //!   are the candidates for fusion into GEMM epilogues, where they would run in FP32 anyway).
@@ -111,7 +114,9 @@ fn choose(graph: &Graph, node: &Node, mode: Precision) -> NodePrecision {
                 reason,
             }
         }
-        Op::MatMul => NodePrecision {
+        // Attention is two GEMMs between activations (Q·Kᵀ and P·V) around an FP32 softmax
+        // (see the emulation contract): FP16 like `MatMul`, never INT8.
+        Op::MatMul | Op::Attention { .. } => NodePrecision {
             compute: Precision::Fp16,
             output_f16: !is_graph_output,
             reason: if mode == Precision::Int8 {
@@ -122,6 +127,7 @@ fn choose(graph: &Graph, node: &Node, mode: Precision) -> NodePrecision {
         },
         Op::Softmax { .. }
         | Op::LayerNorm { .. }
+        | Op::AddLayerNorm { .. }
         | Op::ReduceMean { .. }
         | Op::Binary(super::ir::BinaryOp::Pow)
         | Op::Unary(UnaryOp::Sigmoid | UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Erf) => {

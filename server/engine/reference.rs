@@ -587,6 +587,136 @@ fn select_axes(shape: &[usize], picks: &[Vec<usize>]) -> Vec<usize> {
     idx
 }
 
+/// Layer normalization of `a` over the dims from `axis` on, statistics in f64, then
+/// `· scale [+ bias]` in f32 ([`Op::LayerNorm`], and [`Op::AddLayerNorm`] on `x + residual`).
+fn layer_norm(
+    a: &Tensor,
+    axis: i64,
+    epsilon: f32,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor, String> {
+    let v = f32s(a, "X")?;
+    let ax = norm_axis(axis, a.shape.len())?;
+    let n: usize = a.shape[ax..].iter().product();
+    let norm_shape = a.shape[ax..].to_vec();
+    for t in std::iter::once(scale).chain(bias) {
+        if broadcast(&norm_shape, &t.shape)? != norm_shape {
+            return Err(format!(
+                "scale/bias {:?} do not broadcast to {norm_shape:?}",
+                t.shape
+            ));
+        }
+    }
+    let sm = broadcast_map(&norm_shape, &scale.shape);
+    let sv = f32s(scale, "scale")?;
+    let bias = match bias {
+        Some(b) => Some((f32s(b, "bias")?, broadcast_map(&norm_shape, &b.shape))),
+        None => None,
+    };
+    let mut out = vec![0f32; v.len()];
+    for r in 0..v.len() / n.max(1) {
+        let row = &v[r * n..(r + 1) * n];
+        let mean = row.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+        let inv = 1.0 / (var + epsilon as f64).sqrt();
+        for j in 0..n {
+            let mut y = ((row[j] as f64 - mean) * inv) as f32 * sv[sm[j]];
+            if let Some((bv, bm)) = &bias {
+                y += bv[bm[j]];
+            }
+            out[r * n + j] = y;
+        }
+    }
+    Tensor::f32(a.shape.clone(), out)
+}
+
+/// [`Op::Attention`]: for every `(b, h)` and query row `i`,
+/// `s_j = (Σ_p q[i, p] · k'[p, j]) · scale + mask[i, j]`, `p_j = exp(s_j - max s) / Σ exp(..)`,
+/// `out[i, d] = Σ_j round_probs(p_j) · v[j, d]`, every sum accumulated in f32 in index order.
+/// `round_probs` is the identity in FP32; the FP16 emulation rounds the probabilities to half
+/// there, where a kernel feeds them to its second (FP16) GEMM.
+pub(crate) fn attention(
+    scale: f32,
+    k_transposed: bool,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    round_probs: &dyn Fn(f32) -> f32,
+) -> Result<Tensor, String> {
+    let (qv, kv, vv) = (f32s(q, "q")?, f32s(k, "k")?, f32s(v, "v")?);
+    if q.shape.len() != 4 || k.shape.len() != 4 || v.shape.len() != 4 {
+        return Err(format!(
+            "q, k and v must have rank 4: q {:?} k {:?} v {:?}",
+            q.shape, k.shape, v.shape
+        ));
+    }
+    let (b, h, sq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+    let (kd, sk) = if k_transposed {
+        (k.shape[2], k.shape[3])
+    } else {
+        (k.shape[3], k.shape[2])
+    };
+    let dv = v.shape[3];
+    if k.shape[..2] != q.shape[..2] || v.shape[..2] != q.shape[..2] || kd != d || v.shape[2] != sk {
+        return Err(format!(
+            "shapes do not agree: q {:?} k {:?} (k_transposed = {k_transposed}) v {:?}",
+            q.shape, k.shape, v.shape
+        ));
+    }
+    let scores_shape = [b, h, sq, sk];
+    element_count(&scores_shape)?;
+    let mask = match mask {
+        None => None,
+        Some(m) => {
+            if broadcast(&scores_shape, &m.shape)? != scores_shape {
+                return Err(format!(
+                    "mask {:?} does not broadcast to {scores_shape:?}",
+                    m.shape
+                ));
+            }
+            Some((f32s(m, "mask")?, broadcast_map(&scores_shape, &m.shape)))
+        }
+    };
+    let mut out = vec![0f32; b * h * sq * dv];
+    let mut s = vec![0f32; sk];
+    for bh in 0..b * h {
+        let (qb, kb, vb) = (&qv[bh * sq * d..], &kv[bh * d * sk..], &vv[bh * sk * dv..]);
+        for i in 0..sq {
+            for (j, sj) in s.iter_mut().enumerate() {
+                let mut acc = 0f32;
+                for p in 0..d {
+                    let kpj = if k_transposed {
+                        kb[p * sk + j]
+                    } else {
+                        kb[j * d + p]
+                    };
+                    acc += qb[i * d + p] * kpj;
+                }
+                *sj = acc * scale;
+                if let Some((mv, map)) = &mask {
+                    *sj += mv[map[(bh * sq + i) * sk + j]];
+                }
+            }
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = s.iter().map(|&x| (x - max).exp()).sum();
+            for sj in s.iter_mut() {
+                *sj = round_probs((*sj - max).exp() / sum);
+            }
+            let o = &mut out[(bh * sq + i) * dv..(bh * sq + i + 1) * dv];
+            for (c, oc) in o.iter_mut().enumerate() {
+                let mut acc = 0f32;
+                for (j, &pj) in s.iter().enumerate() {
+                    acc += pj * vb[j * dv + c];
+                }
+                *oc = acc;
+            }
+        }
+    }
+    Tensor::f32(vec![b, h, sq, dv], out)
+}
+
 /// Evaluates one operator on concrete inputs.
 pub fn eval(op: &Op, x: &[&Tensor]) -> Result<Vec<Tensor>, String> {
     let arg = |i: usize| {
@@ -986,42 +1116,47 @@ pub fn eval(op: &Op, x: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             }
             one(Tensor::f32(a.shape.clone(), out)?)
         }
-        Op::LayerNorm { axis, epsilon } => {
-            let (a, scale) = (arg(0)?, arg(1)?);
-            let v = f32s(a, "X")?;
-            let ax = norm_axis(*axis, a.shape.len())?;
-            let n: usize = a.shape[ax..].iter().product();
-            let norm_shape = a.shape[ax..].to_vec();
-            for t in x.iter().skip(1) {
-                if broadcast(&norm_shape, &t.shape)? != norm_shape {
-                    return Err(format!(
-                        "scale/bias {:?} do not broadcast to {norm_shape:?}",
-                        t.shape
-                    ));
-                }
+        Op::LayerNorm { axis, epsilon } => one(layer_norm(
+            arg(0)?,
+            *axis,
+            *epsilon,
+            arg(1)?,
+            x.get(2).copied(),
+        )?),
+        Op::AddLayerNorm { axis, epsilon } => {
+            let (a, r) = (arg(0)?, arg(1)?);
+            if a.shape != r.shape {
+                return Err(format!(
+                    "x {:?} and residual {:?} must have the same shape",
+                    a.shape, r.shape
+                ));
             }
-            let sm = broadcast_map(&norm_shape, &scale.shape);
-            let sv = f32s(scale, "scale")?;
-            let bias = match x.get(2) {
-                Some(b) => Some((f32s(b, "bias")?, broadcast_map(&norm_shape, &b.shape))),
-                None => None,
-            };
-            let mut out = vec![0f32; v.len()];
-            for r in 0..v.len() / n.max(1) {
-                let row = &v[r * n..(r + 1) * n];
-                let mean = row.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
-                let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
-                let inv = 1.0 / (var + *epsilon as f64).sqrt();
-                for j in 0..n {
-                    let mut y = ((row[j] as f64 - mean) * inv) as f32 * sv[sm[j]];
-                    if let Some((bv, bm)) = &bias {
-                        y += bv[bm[j]];
-                    }
-                    out[r * n + j] = y;
-                }
-            }
-            one(Tensor::f32(a.shape.clone(), out)?)
+            let sum: Vec<f32> = f32s(a, "x")?
+                .iter()
+                .zip(f32s(r, "residual")?)
+                .map(|(p, q)| p + q)
+                .collect();
+            let sum = Tensor::f32(a.shape.clone(), sum)?;
+            one(layer_norm(
+                &sum,
+                *axis,
+                *epsilon,
+                arg(2)?,
+                x.get(3).copied(),
+            )?)
         }
+        Op::Attention {
+            scale,
+            k_transposed,
+        } => one(attention(
+            *scale,
+            *k_transposed,
+            arg(0)?,
+            arg(1)?,
+            arg(2)?,
+            x.get(3).copied(),
+            &|p| p,
+        )?),
         Op::Expand => {
             let (a, s) = (arg(0)?, arg(1)?);
             let target = dims_of(&ints(s, "shape")?, "shape")?;
