@@ -19,6 +19,7 @@
 //! The GPU executor (engines compiled from ONNX, streams, CUDA graphs) lands later in the GPU
 //! issue; until then [`gpu_unavailable`] says why a `KIND_GPU` instance cannot be served.
 
+pub mod gpu;
 pub mod nvml;
 pub mod nvrtc;
 pub mod probe;
