@@ -20,11 +20,12 @@
 //! output. Nothing is allocated on the device after load.
 //!
 //! Nothing here panics on a machine without CUDA: [`GpuDevice::new`] returns an error naming
-//! what is missing (see [`crate::probe`]).
+//! what is missing (see [`crate::probe()`]).
 
 pub mod device;
 pub mod gemm;
 pub mod launch;
+pub mod plan;
 pub mod program;
 pub mod weights;
 

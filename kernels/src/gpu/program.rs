@@ -7,21 +7,8 @@
 //! every step resolved to device addresses and planned (cuBLASLt algorithms chosen, kernel
 //! parameters built), pinned staging buffers for its inputs and outputs allocated, and
 //! optionally the steps captured into a CUDA graph. [`GpuProgram::run`] then allocates
-//! nothing on the device.
+//! nothing on the device. The step mapping itself is [`super::plan`].
 //!
-//! # Step mapping
-//! - `Gemm` → one cuBLASLt matmul (row-major via the swap, see [`super::gemm`]); bias with
-//!   `CUBLASLT_EPILOGUE_BIAS`, bias + ReLU with `RELU_BIAS`; sigmoid, tanh and exact GELU
-//!   (cuBLASLt's GELU is the tanh approximation) by a plain matmul then `bias_<act>_<t>`.
-//! - `GemmInt8` → `quantize_sym_<t>`, then the INT8 cuBLASLt matmul (TN, i8 × i8 → i32) or,
-//!   for shapes it refuses, `gemm_i8_i32`, then `dequant_bias_act_<t>`.
-//! - `Attention` → strided-batched matmul `q · k'` into `scores` (alpha 1),
-//!   `scale_mask_softmax_<t>` (scale, mask, softmax; F16 probabilities into `probs`), then
-//!   the strided-batched matmul `probs · v`.
-//! - `Elementwise` → `elementwise`; `Softmax` → `softmax_<t>`; `LayerNorm` →
-//!   `add_layer_norm_<t>`; `ReduceMean` → `reduce_mean_<t>`; `Gather` → `gather_<i64|i32>`;
-//!   `ArgMax` → `argmax`. Launch configurations: [`super::launch`].
-
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
@@ -31,17 +18,11 @@ use cudarc::driver::{
 };
 
 use super::device::GpuDevice;
-use super::gemm::{
-    int8_lt_eligible, lt_gemm, lt_gemm_int8, Epilogue, LtMatmul, MatmulSpec, RowMajorGemm, Scale,
-};
-use super::launch::{
-    act_code, bias_act_entry, ew_params, grid_1d, grid_rows, mask_view, EwParams, MaskView,
-};
+use super::gemm::{LtMatmul, MatmulSpec};
+use super::plan::{plan_program, Arg, KernelLaunch, Memory, Planned};
 use super::weights::WeightKey;
 use super::GpuError;
-use crate::program::{
-    Act, AttentionStep, Buf, Elem, GemmInt8Step, GemmStep, Loc, Program, Step, ALIGN,
-};
+use crate::program::{Loc, Program, ALIGN};
 use crate::program_cpu::{check_indices, HostInput};
 
 /// How a program is loaded.
@@ -183,22 +164,23 @@ impl GpuEngine {
             arena: self.arena.ptr,
             weights: weights.iter().map(|w| w.ptr).collect(),
         };
-        let mut planner = Planner {
-            device: &device,
-            mem: &mem,
-            ops: Vec::new(),
-            int8_fallbacks: 0,
-        };
-        for (i, s) in program.steps.iter().enumerate() {
-            planner
-                .step(s)
-                .map_err(|e| e.context(&format!("step {i} ({})", s.kind())))?;
+        let mut ops = Vec::new();
+        let mut int8_fallbacks = 0;
+        for planned in plan_program(program, &mem)? {
+            match planned {
+                Planned::Kernel(k) => ops.push(Op::kernel(&device, k)?),
+                Planned::Matmul(spec) => ops.push(Op::matmul(&device, spec)?),
+                Planned::Int8Matmul { spec, fallback } => {
+                    match spec.and_then(|s| Op::matmul(&device, s).ok()) {
+                        Some(op) => ops.push(op),
+                        None => {
+                            int8_fallbacks += 1;
+                            ops.push(Op::kernel(&device, fallback)?);
+                        }
+                    }
+                }
+            }
         }
-        let Planner {
-            ops,
-            int8_fallbacks,
-            ..
-        } = planner;
         let inputs = program
             .inputs
             .iter()
@@ -246,17 +228,6 @@ impl GpuEngine {
     }
 }
 
-impl GpuError {
-    fn context(self, what: &str) -> GpuError {
-        match self {
-            GpuError::Cuda(e) => GpuError::Cuda(format!("{what}: {e}")),
-            GpuError::Cublas(e) => GpuError::Cublas(format!("{what}: {e}")),
-            GpuError::Program(e) => GpuError::Program(format!("{what}: {e}")),
-            GpuError::Input(e) => GpuError::Input(format!("{what}: {e}")),
-        }
-    }
-}
-
 /// Captures `ops` into a CUDA graph on the device's stream (the caller holds the stream).
 fn capture(device: &GpuDevice, ops: &[Op]) -> Result<Option<Graph>, GpuError> {
     if ops.is_empty() {
@@ -284,37 +255,6 @@ struct Graph(CudaGraph);
 // lock.
 unsafe impl Send for Graph {}
 
-/// Where a program's buffers are on the device.
-struct Memory {
-    arena: u64,
-    weights: Vec<u64>,
-}
-
-impl Memory {
-    /// The address of a buffer of a validated program.
-    fn ptr(&self, b: &Buf) -> u64 {
-        match b.loc {
-            Loc::Arena(off) => self.arena + off as u64,
-            Loc::Weight(w) => self.weights.get(w).copied().unwrap_or(0),
-        }
-    }
-
-    fn opt(&self, b: &Option<Buf>) -> u64 {
-        b.as_ref().map_or(0, |b| self.ptr(b))
-    }
-}
-
-/// One argument of a kernel launch, kept until the launch reads it.
-#[derive(Debug, Clone)]
-enum Arg {
-    Ptr(u64),
-    I64(i64),
-    I32(i32),
-    F32(f32),
-    Ew(Box<EwParams>),
-    Mask(MaskView),
-}
-
 /// One kernel launch, fully resolved.
 struct KernelOp {
     entry: String,
@@ -330,6 +270,22 @@ enum Op {
 }
 
 impl Op {
+    fn kernel(device: &GpuDevice, k: KernelLaunch) -> Result<Op, GpuError> {
+        let func = device.kernel(&k.entry)?.clone();
+        Ok(Op::Kernel(KernelOp {
+            entry: k.entry,
+            func,
+            cfg: k.cfg,
+            args: k.args,
+        }))
+    }
+
+    fn matmul(device: &GpuDevice, spec: MatmulSpec) -> Result<Op, GpuError> {
+        let (_, ws_bytes) = device.workspace();
+        let m = LtMatmul::plan(device.lt(), spec, ws_bytes).map_err(GpuError::Cublas)?;
+        Ok(Op::Matmul(Box::new(m)))
+    }
+
     fn enqueue(&self, device: &GpuDevice) -> Result<(), GpuError> {
         let stream = device.stream();
         match self {
@@ -504,442 +460,5 @@ impl GpuProgram {
             .iter()
             .map(|s| Ok(s.host.as_slice()?[..s.bytes].to_vec()))
             .collect()
-    }
-}
-
-fn n64(v: usize) -> Result<i64, GpuError> {
-    i64::try_from(v).map_err(|_| GpuError::Program(format!("{v} does not fit in i64")))
-}
-
-fn float_suffix(e: Elem, what: &str) -> Result<&'static str, GpuError> {
-    match e {
-        Elem::F32 => Ok("f32"),
-        Elem::F16 => Ok("f16"),
-        other => Err(GpuError::Program(format!(
-            "{what} is {other:?}; the GPU executor takes F32 or F16"
-        ))),
-    }
-}
-
-fn same(elems: &[Elem], what: &str) -> Result<Elem, GpuError> {
-    let first = elems[0];
-    if elems.iter().any(|&e| e != first) {
-        return Err(GpuError::Program(format!(
-            "{what} mix element types {elems:?}; the GPU kernel takes one"
-        )));
-    }
-    Ok(first)
-}
-
-/// Turns steps into device operations.
-struct Planner<'a> {
-    device: &'a GpuDevice,
-    mem: &'a Memory,
-    ops: Vec<Op>,
-    int8_fallbacks: usize,
-}
-
-impl Planner<'_> {
-    fn kernel(
-        &mut self,
-        entry: &str,
-        cfg: Option<LaunchConfig>,
-        args: Vec<Arg>,
-    ) -> Result<(), GpuError> {
-        let Some(cfg) = cfg else {
-            return Ok(()); // nothing to compute
-        };
-        let func = self.device.kernel(entry)?.clone();
-        self.ops.push(Op::Kernel(KernelOp {
-            entry: entry.to_string(),
-            func,
-            cfg,
-            args,
-        }));
-        Ok(())
-    }
-
-    fn matmul(&mut self, spec: MatmulSpec) -> Result<(), GpuError> {
-        let (_, ws_bytes) = self.device.workspace();
-        let m = LtMatmul::plan(self.device.lt(), spec, ws_bytes).map_err(GpuError::Cublas)?;
-        self.ops.push(Op::Matmul(Box::new(m)));
-        Ok(())
-    }
-
-    fn rows(rows: usize, cols: usize) -> Result<Option<LaunchConfig>, GpuError> {
-        grid_rows(rows, cols).map_err(GpuError::Program)
-    }
-
-    fn step(&mut self, s: &Step) -> Result<(), GpuError> {
-        let p = |b: &Buf| Arg::Ptr(self.mem.ptr(b));
-        match s {
-            Step::Gemm(g) => self.gemm(g),
-            Step::GemmInt8(g) => self.gemm_int8(g),
-            Step::Attention(a) => self.attention(a),
-            Step::Elementwise {
-                op,
-                ins,
-                out,
-                shape,
-            } => {
-                let ins: Vec<(u64, &crate::program::View)> =
-                    ins.iter().map(|v| (self.mem.ptr(&v.buf), v)).collect();
-                let params = ew_params(*op, &ins, (self.mem.ptr(&out.buf), out), shape)
-                    .map_err(GpuError::Program)?;
-                let n = shape.iter().product();
-                self.kernel("elementwise", grid_1d(n), vec![Arg::Ew(Box::new(params))])
-            }
-            Step::Softmax { x, y, rows, cols } => {
-                let t = float_suffix(same(&[x.elem, y.elem], "softmax x and y")?, "softmax")?;
-                let args = vec![p(y), p(x), Arg::I64(n64(*cols)?)];
-                self.kernel(&format!("softmax_{t}"), Self::rows(*rows, *cols)?, args)
-            }
-            Step::LayerNorm {
-                x,
-                residual,
-                gamma,
-                beta,
-                y,
-                rows,
-                cols,
-                eps,
-            } => {
-                let mut elems = vec![x.elem, gamma.elem, y.elem];
-                elems.extend(residual.iter().chain(beta.iter()).map(|b| b.elem));
-                let t = float_suffix(same(&elems, "layer norm operands")?, "layer norm")?;
-                let args = vec![
-                    p(y),
-                    p(x),
-                    Arg::Ptr(self.mem.opt(residual)),
-                    p(gamma),
-                    Arg::Ptr(self.mem.opt(beta)),
-                    Arg::I64(n64(*cols)?),
-                    Arg::F32(*eps),
-                ];
-                self.kernel(
-                    &format!("add_layer_norm_{t}"),
-                    Self::rows(*rows, *cols)?,
-                    args,
-                )
-            }
-            Step::ReduceMean {
-                x,
-                y,
-                outer,
-                len,
-                inner,
-            } => {
-                let t = float_suffix(same(&[x.elem, y.elem], "reduce mean x and y")?, "mean")?;
-                let args = vec![
-                    p(y),
-                    p(x),
-                    Arg::I64(n64(*outer)?),
-                    Arg::I64(n64(*len)?),
-                    Arg::I64(n64(*inner)?),
-                ];
-                self.kernel(&format!("reduce_mean_{t}"), grid_1d(outer * inner), args)
-            }
-            Step::Gather {
-                data,
-                indices,
-                y,
-                outer,
-                axis_len,
-                inner,
-                count,
-            } => {
-                same(&[data.elem, y.elem], "gather data and y")?;
-                let entry = match indices.elem {
-                    Elem::I64 => "gather_i64",
-                    Elem::I32 => "gather_i32",
-                    other => {
-                        return Err(GpuError::Program(format!(
-                            "gather indices are {other:?}, not I64 or I32"
-                        )))
-                    }
-                };
-                let args = vec![
-                    p(y),
-                    p(data),
-                    p(indices),
-                    Arg::I64(n64(*outer)?),
-                    Arg::I64(n64(*axis_len)?),
-                    Arg::I64(n64(*inner)?),
-                    Arg::I64(n64(*count)?),
-                    Arg::I32(data.elem.size() as i32),
-                ];
-                self.kernel(entry, grid_1d(outer * count * inner), args)
-            }
-            Step::ArgMax {
-                x,
-                y,
-                outer,
-                len,
-                inner,
-                select_last,
-            } => {
-                if y.elem != Elem::I64 {
-                    return Err(GpuError::Program(format!(
-                        "argmax writes I64, y is {:?}",
-                        y.elem
-                    )));
-                }
-                let args = vec![
-                    p(y),
-                    p(x),
-                    Arg::I32(x.elem.code()),
-                    Arg::I64(n64(*outer)?),
-                    Arg::I64(n64(*len)?),
-                    Arg::I64(n64(*inner)?),
-                    Arg::I32(*select_last as i32),
-                ];
-                // An empty axis has no index to return; program_cpu returns 0, so does the
-                // kernel (its loop starts at index 0).
-                self.kernel("argmax", grid_1d(outer * inner), args)
-            }
-        }
-    }
-
-    fn gemm(&mut self, g: &GemmStep) -> Result<(), GpuError> {
-        float_suffix(g.compute, "GEMM compute")?;
-        let t = float_suffix(g.y.elem, "GEMM output")?;
-        if g.a.elem != g.compute || g.b.elem != g.compute {
-            return Err(GpuError::Program(
-                "GEMM operands not in the compute type".into(),
-            ));
-        }
-        let lt = lt_gemm(&RowMajorGemm {
-            m: g.m,
-            n: g.n,
-            k: g.k,
-            batch: g.batch,
-            trans_a: g.trans_a,
-            trans_b: g.trans_b,
-            stride_a: g.stride_a,
-            stride_b: g.stride_b,
-            stride_y: g.stride_y,
-        })
-        .map_err(GpuError::Program)?;
-        let bias = g.bias.as_ref().map(|b| self.mem.ptr(b));
-        let fused = match (bias, g.act) {
-            (None, Act::None) => Some(Epilogue::Default),
-            (None, Act::Relu) => Some(Epilogue::Relu),
-            (Some(b), Act::None) => Some(Epilogue::Bias(b)),
-            (Some(b), Act::Relu) => Some(Epilogue::ReluBias(b)),
-            _ => None,
-        };
-        let y = self.mem.ptr(&g.y);
-        self.matmul(MatmulSpec {
-            gemm: lt,
-            a_type: g.b.elem,
-            b_type: g.a.elem,
-            d_type: g.y.elem,
-            a_ptr: self.mem.ptr(&g.b),
-            b_ptr: self.mem.ptr(&g.a),
-            d_ptr: y,
-            alpha: Scale::F32(g.alpha),
-            epilogue: fused.unwrap_or(Epilogue::Default),
-        })?;
-        if fused.is_some() {
-            return Ok(());
-        }
-        // Bias and activation in place over Y: one launch when the batches are contiguous,
-        // else one per batch.
-        let entry = bias_act_entry(g.act, t);
-        let (m, n) = (g.m, g.n);
-        let launches: Vec<(u64, usize)> = if g.batch == 1 || g.stride_y == m * n {
-            vec![(y, g.batch * m)]
-        } else {
-            (0..g.batch)
-                .map(|b| (y + (b * g.stride_y * g.y.elem.size()) as u64, m))
-                .collect()
-        };
-        for (ptr, rows) in launches {
-            let args = vec![
-                Arg::Ptr(ptr),
-                Arg::Ptr(ptr),
-                Arg::Ptr(bias.unwrap_or(0)),
-                Arg::I64(n64(rows)?),
-                Arg::I64(n64(n)?),
-            ];
-            self.kernel(&entry, grid_1d(rows * n), args)?;
-        }
-        Ok(())
-    }
-
-    fn gemm_int8(&mut self, g: &GemmInt8Step) -> Result<(), GpuError> {
-        let ta = float_suffix(g.a.elem, "INT8 GEMM input")?;
-        let ty = float_suffix(g.y.elem, "INT8 GEMM output")?;
-        if g.w_scales.elem != Elem::F32 || g.bias.is_some_and(|b| b.elem != Elem::F32) {
-            return Err(GpuError::Program("INT8 scales and bias must be F32".into()));
-        }
-        let (m, n, k) = (g.m, g.n, g.k);
-        let (a, aq, w, acc) = (
-            self.mem.ptr(&g.a),
-            self.mem.ptr(&g.a_q),
-            self.mem.ptr(&g.w),
-            self.mem.ptr(&g.acc),
-        );
-        self.kernel(
-            &format!("quantize_sym_{ta}"),
-            grid_1d(m * k),
-            vec![
-                Arg::Ptr(aq),
-                Arg::Ptr(a),
-                Arg::I64(n64(m * k)?),
-                Arg::F32(g.a_scale),
-            ],
-        )?;
-        let planned = if m > 0 && int8_lt_eligible(n, k, &[aq, w, acc]) {
-            lt_gemm_int8(m, n, k).ok().and_then(|gemm| {
-                let spec = MatmulSpec {
-                    gemm,
-                    a_type: Elem::I8,
-                    b_type: Elem::I8,
-                    d_type: Elem::I32,
-                    a_ptr: w,
-                    b_ptr: aq,
-                    d_ptr: acc,
-                    alpha: Scale::I32(1),
-                    epilogue: Epilogue::Default,
-                };
-                let (_, ws_bytes) = self.device.workspace();
-                LtMatmul::plan(self.device.lt(), spec, ws_bytes).ok()
-            })
-        } else {
-            None
-        };
-        match planned {
-            Some(mm) => self.ops.push(Op::Matmul(Box::new(mm))),
-            None => {
-                self.int8_fallbacks += 1;
-                self.kernel(
-                    "gemm_i8_i32",
-                    grid_1d(m * n),
-                    vec![
-                        Arg::Ptr(acc),
-                        Arg::Ptr(aq),
-                        Arg::Ptr(w),
-                        Arg::I64(n64(m)?),
-                        Arg::I64(n64(n)?),
-                        Arg::I64(n64(k)?),
-                    ],
-                )?;
-            }
-        }
-        self.kernel(
-            &format!("dequant_bias_act_{ty}"),
-            grid_1d(m * n),
-            vec![
-                Arg::Ptr(self.mem.ptr(&g.y)),
-                Arg::Ptr(acc),
-                Arg::Ptr(self.mem.ptr(&g.w_scales)),
-                Arg::Ptr(self.mem.opt(&g.bias)),
-                Arg::I64(n64(m)?),
-                Arg::I64(n64(n)?),
-                // (alpha · a_scale) in f32 first, as program_cpu.
-                Arg::F32(g.alpha * g.a_scale),
-                Arg::I32(act_code(g.act)),
-            ],
-        )
-    }
-
-    fn attention(&mut self, a: &AttentionStep) -> Result<(), GpuError> {
-        let t = float_suffix(a.compute, "attention compute")?;
-        float_suffix(a.y.elem, "attention output")?;
-        if [a.q.elem, a.k.elem, a.v.elem]
-            .iter()
-            .any(|&e| e != a.compute)
-        {
-            return Err(GpuError::Program("q, k, v not in the compute type".into()));
-        }
-        if a.scores.elem != Elem::F32 || (a.compute == Elem::F16 && a.probs.elem != Elem::F16) {
-            return Err(GpuError::Program(
-                "scores must be F32 (and probs F16 with F16 compute)".into(),
-            ));
-        }
-        let (bh, sq, sk, d) = (a.batch * a.heads, a.sq, a.sk, a.d);
-        if bh == 0 || sq == 0 {
-            return Ok(());
-        }
-        let (q, k, v, y, scores) = (
-            self.mem.ptr(&a.q),
-            self.mem.ptr(&a.k),
-            self.mem.ptr(&a.v),
-            self.mem.ptr(&a.y),
-            self.mem.ptr(&a.scores),
-        );
-        // scores[b] = q[b] [sq, d] · k'[b] [d, sk]; k stored [d, sk] when transposed (the
-        // plain B layout), else [sk, d] (B transposed).
-        let qk = lt_gemm(&RowMajorGemm {
-            m: sq,
-            n: sk,
-            k: d,
-            batch: bh,
-            trans_a: false,
-            trans_b: !a.k_transposed,
-            stride_a: sq * d,
-            stride_b: sk * d,
-            stride_y: sq * sk,
-        })
-        .map_err(GpuError::Program)?;
-        self.matmul(MatmulSpec {
-            gemm: qk,
-            a_type: a.k.elem,
-            b_type: a.q.elem,
-            d_type: Elem::F32,
-            a_ptr: k,
-            b_ptr: q,
-            d_ptr: scores,
-            alpha: Scale::F32(1.0),
-            epilogue: Epilogue::Default,
-        })?;
-        let mask = mask_view(a.mask.as_ref().map(|m| (self.mem.ptr(&m.buf), m)))
-            .map_err(GpuError::Program)?;
-        let probs = if a.compute == Elem::F16 {
-            self.mem.ptr(&a.probs)
-        } else {
-            scores
-        };
-        let mut args = vec![Arg::Ptr(scores)];
-        if a.compute == Elem::F16 {
-            args.push(Arg::Ptr(probs));
-        }
-        args.extend([
-            Arg::Mask(mask),
-            Arg::I64(n64(a.heads)?),
-            Arg::I64(n64(sq)?),
-            Arg::I64(n64(sk)?),
-            Arg::F32(a.scale),
-        ]);
-        self.kernel(
-            &format!("scale_mask_softmax_{t}"),
-            Self::rows(bh * sq, sk)?,
-            args,
-        )?;
-        // y[b] = probs[b] [sq, sk] · v[b] [sk, d].
-        let pv = lt_gemm(&RowMajorGemm {
-            m: sq,
-            n: d,
-            k: sk,
-            batch: bh,
-            trans_a: false,
-            trans_b: false,
-            stride_a: sq * sk,
-            stride_b: sk * d,
-            stride_y: sq * d,
-        })
-        .map_err(GpuError::Program)?;
-        self.matmul(MatmulSpec {
-            gemm: pv,
-            a_type: a.v.elem,
-            b_type: a.compute,
-            d_type: a.y.elem,
-            a_ptr: v,
-            b_ptr: probs,
-            d_ptr: y,
-            alpha: Scale::F32(1.0),
-            epilogue: Epilogue::Default,
-        })
     }
 }
