@@ -61,4 +61,79 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return v;
 }
 
+// Element-type codes of `program::Elem::code` (F32=0, F16=1, I8=2, I32=3, I64=4, Bool=5).
+#define SY_ELEM_F32 0
+#define SY_ELEM_F16 1
+#define SY_ELEM_I8 2
+#define SY_ELEM_I32 3
+#define SY_ELEM_I64 4
+#define SY_ELEM_BOOL 5
+
+// Element `i` of a buffer of element type `code`, as a double (exact for every type; Bool is
+// 0 or 1 whatever byte is stored). The code is uniform across a launch, so the switch does
+// not diverge.
+__device__ __forceinline__ double sy_load(const void* p, int code, long long i) {
+    switch (code) {
+        case SY_ELEM_F32: return (double)((const float*)p)[i];
+        case SY_ELEM_F16: return (double)f16_to_f32(((const f16_t*)p)[i]);
+        case SY_ELEM_I8: return (double)((const signed char*)p)[i];
+        case SY_ELEM_I32: return (double)((const int*)p)[i];
+        case SY_ELEM_I64: return (double)((const long long*)p)[i];
+        default: return ((const unsigned char*)p)[i] != 0 ? 1.0 : 0.0;
+    }
+}
+
+// Stores `v` as element `i` of a buffer of element type `code`, as `program_cpu::store`:
+// F32 rounds to nearest, F16 goes through f32 then cvt.rn (nearest even), integers truncate
+// toward zero (I8 clamped to [-128, 127]; NaN gives 0), Bool is `v != 0`.
+__device__ __forceinline__ void sy_store(void* p, int code, long long i, double v) {
+    switch (code) {
+        case SY_ELEM_F32: ((float*)p)[i] = (float)v; break;
+        case SY_ELEM_F16: ((f16_t*)p)[i] = f32_to_f16((float)v); break;
+        case SY_ELEM_I8: {
+            const double t = trunc(v);
+            ((signed char*)p)[i] = (signed char)(t != t ? 0.0 : fmin(fmax(t, -128.0), 127.0));
+            break;
+        }
+        case SY_ELEM_I32: ((int*)p)[i] = (int)v; break;  // cvt.rzi: truncates, saturates, NaN -> 0
+        case SY_ELEM_I64: ((long long*)p)[i] = (long long)v; break;
+        default: ((unsigned char*)p)[i] = v != 0.0 ? 1 : 0; break;
+    }
+}
+
+// Whether the element type `code` is a float (F32 or F16).
+__device__ __forceinline__ bool sy_is_float(int code) {
+    return code == SY_ELEM_F32 || code == SY_ELEM_F16;
+}
+
+// The activations of `program::Act` exactly as program_cpu computes them, in f32.
+// Sigmoid in its overflow-free form.
+__device__ __forceinline__ float sy_sigmoid(float x) {
+    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+    const float e = expf(x);
+    return e / (1.0f + e);
+}
+
+// Exact GELU (ONNX approximate = "none"): 0.5 x (1 + erf(x / sqrt 2)), erf in double.
+__device__ __forceinline__ float sy_gelu(float x) {
+    return 0.5f * x * (1.0f + (float)erf((double)(x / 1.41421356237309505f)));
+}
+
+// Activation codes of `program::Act`: None=0, Relu=1, Sigmoid=2, Tanh=3, Gelu=4.
+#define SY_ACT_NONE 0
+#define SY_ACT_RELU 1
+#define SY_ACT_SIGMOID 2
+#define SY_ACT_TANH 3
+#define SY_ACT_GELU 4
+
+__device__ __forceinline__ float sy_activate(int act, float x) {
+    switch (act) {
+        case SY_ACT_RELU: return fmaxf(x, 0.0f);
+        case SY_ACT_SIGMOID: return sy_sigmoid(x);
+        case SY_ACT_TANH: return tanhf(x);
+        case SY_ACT_GELU: return sy_gelu(x);
+        default: return x;
+    }
+}
+
 #endif  // SWITCHYARD_COMMON_CUH

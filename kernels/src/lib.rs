@@ -5,7 +5,9 @@
 //!   all loaded at run time through cudarc), what the driver reports (version, GPUs), and the
 //!   sentence a GPU model's load error carries when something is missing.
 //! - [`sources`]: our kernels, the `.cu` files of `kernels/cu/` embedded in the binary (bias +
-//!   activation epilogue, row softmax, layer norm, INT8 quantise/dequantise).
+//!   activation epilogue, row softmax, layer norm, INT8 quantise/dequantise, the generic
+//!   elementwise kernel, attention's scale-mask-softmax, residual layer norm, mean, argmax,
+//!   gather, symmetric INT8 GEMM support).
 //! - [`nvrtc`]: compiles those sources to PTX for a GPU architecture (sm_90 on Hopper).
 //! - [`nvml`]: GPU utilisation, memory, power and energy through NVML (loaded at run time),
 //!   for the `nv_gpu_*` gauges of `/metrics`.
@@ -14,11 +16,17 @@
 //!   and the executors.
 //! - [`program_cpu`]: runs a [`program::Program`] on the CPU with the kernels' semantics, so
 //!   the lowering is tested against ONNX Runtime without a GPU.
+//! - [`gpu`]: the GPU executor of a [`program::Program`]: [`gpu::GpuDevice`] (context, stream,
+//!   kernels, cuBLASLt), [`gpu::GpuEngine`] (weights deduplicated by content, one shared
+//!   arena), [`gpu::GpuProgram::run`] (pinned staging, each step a cuBLASLt matmul or one of
+//!   our kernels, optionally one CUDA graph); its step mapping is [`gpu::plan`], pure and
+//!   tested without a GPU.
 //! - [`trim_heap`]: glibc `malloc_trim`, used when models are released.
 //!
-//! The GPU executor (engines compiled from ONNX, streams, CUDA graphs) lands later in the GPU
-//! issue; until then [`gpu_unavailable`] says why a `KIND_GPU` instance cannot be served.
+//! The server does not use the GPU executor yet: until it is wired in, [`gpu_unavailable`]
+//! says why a `KIND_GPU` instance cannot be served.
 
+pub mod gpu;
 pub mod nvml;
 pub mod nvrtc;
 pub mod probe;
