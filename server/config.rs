@@ -251,6 +251,9 @@ mod tests {
             "--engine-cache-dir=/var/cache/sy",
         ])
         .unwrap();
-        assert_eq!(b.load_options().engine_cache_dir, PathBuf::from("/var/cache/sy"));
+        assert_eq!(
+            b.load_options().engine_cache_dir,
+            PathBuf::from("/var/cache/sy")
+        );
     }
 }

@@ -257,6 +257,25 @@ fn tiny_encoder_programs_match_onnx_runtime_and_the_emulation() {
         let de = max_abs_diff(&f32s(output(&p, &outs, "embedding")), &f32s(&want[1]));
         println!("tiny encoder FP32 {batch}x{seq}: {} steps, arena {} B, hidden {dh:e}, embedding {de:e}", p.steps.len(), p.arena_bytes);
         assert!(dh < 1e-4 && de < 1e-4, "{batch}x{seq}: {dh} {de}");
+        // The fused attention and residual layer norms are single steps.
+        assert_eq!(
+            p.steps.iter().filter(|s| s.kind() == "attention").count(),
+            1
+        );
+        let residual_ln = p
+            .steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s,
+                    Step::LayerNorm {
+                        residual: Some(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(residual_ln, 2);
         // The position ids only depend on the shape: folded, no Shape step is left.
         assert!(p
             .index_checks

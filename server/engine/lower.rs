@@ -21,8 +21,8 @@ use std::collections::HashMap;
 
 use half::f16;
 use switchyard_kernels::program::{
-    Act, Binding, Buf, Elem, EwOp, GemmInt8Step, GemmStep, IndexCheck, Loc, Program, Step, View,
-    Weight, ALIGN, MAX_RANK,
+    Act, AttentionStep, Binding, Buf, Elem, EwOp, GemmInt8Step, GemmStep, IndexCheck, Loc, Program,
+    Step, View, Weight, ALIGN, MAX_RANK,
 };
 
 use super::calibrate::CalibrationTable;
@@ -855,6 +855,14 @@ impl<'g> Lowerer<'g> {
             Op::LayerNorm { axis, epsilon } => {
                 self.layer_norm(idx, node, None, *axis, *epsilon, out, n_out)
             }
+            Op::AddLayerNorm { axis, epsilon } => {
+                let residual = input(1)?;
+                self.layer_norm(idx, node, Some(residual), *axis, *epsilon, out, n_out)
+            }
+            Op::Attention {
+                scale,
+                k_transposed,
+            } => self.attention(idx, node, *scale, *k_transposed, out, n_out),
             Op::ArgMax {
                 axis,
                 select_last_index,
@@ -976,6 +984,76 @@ impl<'g> Lowerer<'g> {
             cols,
             eps,
         });
+        self.define(out, y)
+    }
+
+    /// `softmax(scale · q·k' + mask) · v` over `[B, H, S, D]` operands. In FP16 q, k and v
+    /// are halves and the probabilities are rounded to half before `· v`; the mask stays
+    /// FP32 (a large negative mask would overflow half), as the emulation does.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        idx: usize,
+        node: &Node,
+        scale: f32,
+        k_transposed: bool,
+        out: ValueId,
+        n_out: usize,
+    ) -> R<()> {
+        let compute = self.compute(idx);
+        let q = self.float_in(node.inputs[0], compute)?;
+        let k = self.float_in(node.inputs[1], compute)?;
+        let v = self.float_in(node.inputs[2], compute)?;
+        let [b, h, sq, d] = q.shape[..] else {
+            return Err(format!("q must be rank 4, not {:?}", q.shape).into());
+        };
+        let sk = if k_transposed {
+            k.shape.get(3)
+        } else {
+            k.shape.get(2)
+        }
+        .copied()
+        .ok_or("k must be rank 4")?;
+        let mask = match node.inputs.get(3) {
+            None => None,
+            Some(&m) => {
+                let s = self.value(m)?;
+                let s = if s.buf.elem.is_float() {
+                    self.value_as(m, Elem::F32)?
+                } else {
+                    s
+                };
+                Some(View {
+                    buf: s.buf,
+                    offset: 0,
+                    strides: broadcast_strides(&s.shape, &[b, h, sq, sk])?,
+                })
+            }
+        };
+        let scores = self.new_buf(Elem::F32, b * h * sq * sk);
+        let probs = if compute == Elem::F16 {
+            self.new_buf(Elem::F16, b * h * sq * sk)
+        } else {
+            scores
+        };
+        let y = self.new_buf(self.out_elem(idx, out)?, n_out);
+        self.steps.push(Step::Attention(AttentionStep {
+            q: q.buf,
+            k: k.buf,
+            v: v.buf,
+            mask,
+            y,
+            scores,
+            probs,
+            batch: b,
+            heads: h,
+            sq,
+            sk,
+            d,
+            scale,
+            k_transposed,
+            compute,
+        }));
         self.define(out, y)
     }
 

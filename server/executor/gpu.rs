@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use switchyard_kernels::gpu::{GpuDevice, GpuEngine, GpuProgram, LoadOptions};
 
@@ -68,14 +68,22 @@ pub fn compile_model(
     let calibration = match calibration_path {
         None => None,
         Some(p) => {
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| load(format!("cannot read calibration table {}: {e}", p.display())))?;
-            Some(CalibrationTable::from_json(&text).map_err(|e| load(format!("calibration table {}: {e}", p.display())))?)
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                load(format!(
+                    "cannot read calibration table {}: {e}",
+                    p.display()
+                ))
+            })?;
+            Some(
+                CalibrationTable::from_json(&text)
+                    .map_err(|e| load(format!("calibration table {}: {e}", p.display())))?,
+            )
         }
     };
     let (engine, outcome) = if use_cache {
-        let (e, o) = cache::get_or_compile(cache_dir, model_path, cc, precision, calibration.as_ref())
-            .map_err(|e| load(e.to_string()))?;
+        let (e, o) =
+            cache::get_or_compile(cache_dir, model_path, cc, precision, calibration.as_ref())
+                .map_err(|e| load(e.to_string()))?;
         (e, Some(o))
     } else {
         let bytes = std::fs::read(model_path)
@@ -147,13 +155,16 @@ pub fn bucket_for(buckets: &[usize], n: usize) -> Option<usize> {
     buckets.iter().copied().find(|&b| b >= n)
 }
 
+/// Input shapes of one program.
+type ShapeKey = Vec<Vec<usize>>;
+
 /// One GPU instance.
 pub struct GpuModelEngine {
     model: Arc<CompiledModel>,
     device: Arc<GpuDevice>,
     gpu: GpuEngine,
     /// Loaded programs by input shapes, with their output shapes.
-    programs: HashMap<Vec<Vec<usize>>, (GpuProgram, Vec<Vec<usize>>)>,
+    programs: HashMap<ShapeKey, (GpuProgram, Vec<Vec<usize>>)>,
     order: Vec<Vec<Vec<usize>>>,
     /// Padding buckets (batching models with CUDA graphs), else empty.
     buckets: Vec<usize>,
@@ -188,7 +199,11 @@ impl GpuModelEngine {
             .iter()
             .map(|s| engine.lower(s).map(|p| (s.clone(), p)))
             .collect::<Result<_, _>>()?;
-        let biggest = lowered.iter().map(|(_, p)| p.arena_bytes).max().unwrap_or(0);
+        let biggest = lowered
+            .iter()
+            .map(|(_, p)| p.arena_bytes)
+            .max()
+            .unwrap_or(0);
         engine.grow(biggest)?;
         for (shape, p) in lowered {
             engine.insert(shape, &p)?;
@@ -196,7 +211,10 @@ impl GpuModelEngine {
         Ok(engine)
     }
 
-    fn lower(&self, shapes: &[Vec<usize>]) -> Result<switchyard_kernels::program::Program, ExecError> {
+    fn lower(
+        &self,
+        shapes: &[Vec<usize>],
+    ) -> Result<switchyard_kernels::program::Program, ExecError> {
         let e = &self.model.engine;
         let named: Vec<(&str, Vec<usize>)> = self
             .model
@@ -273,10 +291,9 @@ impl Engine for GpuModelEngine {
         let t0 = Instant::now();
         let mut ordered = Vec::with_capacity(self.model.inputs.len());
         for io in &self.model.inputs {
-            let t = inputs
-                .iter()
-                .find(|t| t.name == io.name)
-                .ok_or_else(|| ExecError::InvalidInput(format!("input '{}' is missing", io.name)))?;
+            let t = inputs.iter().find(|t| t.name == io.name).ok_or_else(|| {
+                ExecError::InvalidInput(format!("input '{}' is missing", io.name))
+            })?;
             if Some(t.tensor.dtype) != io.dtype {
                 return Err(ExecError::InvalidInput(format!(
                     "input '{}' has type {:?}, the engine takes {:?}",

@@ -3,6 +3,7 @@
 //! An [`Engine`] runs one batch synchronously; `instance` gives each engine its own OS thread,
 //! so model compute never runs on a tokio worker.
 
+pub mod gpu;
 pub mod instance;
 pub mod onnx;
 

@@ -385,6 +385,73 @@ pub struct VersionFiles {
     pub path: PathBuf,
     /// ONNX Runtime intra-op threads per engine.
     pub threads: usize,
+    /// Set for a model with KIND_GPU instances: every instance runs the compiled engine.
+    pub gpu: Option<Arc<GpuSetup>>,
+}
+
+/// What each GPU instance of a version is made from.
+#[derive(Debug)]
+pub struct GpuSetup {
+    pub model: Arc<crate::executor::gpu::CompiledModel>,
+    pub device: Arc<switchyard_kernels::gpu::GpuDevice>,
+    pub plan: GpuPlan,
+    pub max_batch_size: usize,
+    /// Input shapes whose programs are built at load (the config fixes every other dim).
+    pub warm_shapes: Vec<Vec<Vec<usize>>>,
+}
+
+/// Compiles the engine (or loads it from the cache) when `config` has a KIND_GPU group.
+fn gpu_setup(
+    config: &ModelConfig,
+    model_dir: &Path,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<Option<Arc<GpuSetup>>, String> {
+    let Some(group) = config
+        .instance_group
+        .iter()
+        .find(|g| g.kind == Kind::Gpu as i32)
+    else {
+        return Ok(None);
+    };
+    let plan = gpu_plan(config, model_dir)?;
+    let ordinal = group.gpus.first().map_or(0, |&g| g.max(0) as usize);
+    let t0 = tokio::time::Instant::now();
+    let (model, device) =
+        crate::executor::gpu::compile_model(path, &plan, ordinal, &options.engine_cache_dir)
+            .map_err(|e| format!("model '{}': GPU engine: {e}", config.name))?;
+    tracing::info!(model = %config.name, gpu = ordinal, engine = %plan.describe(), cache = ?model.outcome, ms = t0.elapsed().as_millis() as u64, "GPU engine ready");
+    let max_batch_size = config.max_batch_size.max(0) as usize;
+    let fixed: Option<Vec<Vec<usize>>> = config
+        .input
+        .iter()
+        .map(|i| {
+            i.dims
+                .iter()
+                .map(|&d| usize::try_from(d).ok())
+                .collect::<Option<Vec<usize>>>()
+        })
+        .collect();
+    let warm_shapes = match fixed {
+        None => Vec::new(),
+        Some(dims) if max_batch_size == 0 => vec![dims],
+        Some(dims) => crate::executor::gpu::batch_buckets(&plan, max_batch_size)
+            .into_iter()
+            .filter(|_| plan.cuda_graphs)
+            .map(|b| {
+                dims.iter()
+                    .map(|d| std::iter::once(b).chain(d.iter().copied()).collect())
+                    .collect()
+            })
+            .collect(),
+    };
+    Ok(Some(Arc::new(GpuSetup {
+        model: Arc::new(model),
+        device,
+        plan,
+        max_batch_size,
+        warm_shapes,
+    })))
 }
 
 struct VersionSource<'a> {
@@ -404,6 +471,7 @@ fn start_version(
     let files = VersionFiles {
         model_dir: source.model_dir.to_path_buf(),
         version: source.version,
+        gpu: gpu_setup(config, source.model_dir, &source.path, options)?,
         path: source.path,
         threads,
     };
@@ -507,7 +575,20 @@ fn add_instances(
 ) -> Result<(), String> {
     let files = &set.files;
     let mut engines: Vec<Box<dyn Engine>> = Vec::with_capacity(n);
-    if let Some(first) = first {
+    if let Some(gpu) = &files.gpu {
+        while engines.len() < n {
+            engines.push(Box::new(
+                crate::executor::gpu::GpuModelEngine::new(
+                    gpu.model.clone(),
+                    gpu.device.clone(),
+                    &gpu.plan,
+                    gpu.max_batch_size,
+                    &gpu.warm_shapes,
+                )
+                .map_err(|e| e.to_string())?,
+            ));
+        }
+    } else if let Some(first) = first {
         engines.push(Box::new(first));
     }
     while engines.len() < n {
