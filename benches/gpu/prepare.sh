@@ -34,9 +34,10 @@ if [[ ! -f "$CARRY/minilm/model.fp16.safetensors" ]]; then
     rm -rf "$tmp"
 fi
 
-# 2. The kernels crate's test binaries.
+# 2. The kernels crate's test binaries, and the whole-model GPU test (tests/engine_gpu.rs).
 rm -f "$CARRY/bin/"*
-cargo test -p switchyard-kernels --no-run --message-format=json 2>/dev/null \
+{ cargo test -p switchyard-kernels --no-run --message-format=json 2>/dev/null
+  cargo test -p switchyard --release --test engine_gpu --no-run --message-format=json 2>/dev/null; } \
     | "$PY" -c '
 import json, shutil, sys
 for line in sys.stdin:
