@@ -24,6 +24,8 @@
 #define SY_OP_POW 13
 #define SY_OP_EQUAL 14
 #define SY_OP_WHERE 15
+#define SY_OP_MAX 16
+#define SY_OP_MIN 17
 
 // One operand: element (i_0, .., i_r) is ptr[offset + sum i_d * strides[d]]. Mirrors
 // `gpu::launch::EwOperand` (#[repr(C)]); 72 bytes.
@@ -64,6 +66,8 @@ __device__ __forceinline__ float ew_f32(int op, float a, float b, float c, doubl
         case SY_OP_DIV: return a / b;
         case SY_OP_POW: return powf(a, b);
         case SY_OP_EQUAL: return a == b ? 1.0f : 0.0f;
+        case SY_OP_MAX: return fmaxf(a, b);
+        case SY_OP_MIN: return fminf(a, b);
         default: return cond != 0.0 ? b : c;  // Where(cond, x, y): values are ins[1], ins[2]
     }
 }
@@ -85,6 +89,8 @@ __device__ __forceinline__ double ew_f64(int op, double a, double b, double c) {
         case SY_OP_DIV: return trunc(a / b);  // integer division truncates, as ONNX Div
         case SY_OP_POW: return pow(a, b);
         case SY_OP_EQUAL: return a == b ? 1.0 : 0.0;
+        case SY_OP_MAX: return fmax(a, b);
+        case SY_OP_MIN: return fmin(a, b);
         default: return a != 0.0 ? b : c;
     }
 }

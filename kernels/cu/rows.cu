@@ -48,29 +48,31 @@ extern "C" __global__ void add_layer_norm_f16(f16_t* y, const f16_t* x, const f1
     add_layer_norm_rows<f16_t>(y, x, residual, gamma, beta, cols, eps);
 }
 
-// y[o, i] = (sum over l of x[o, l, i]) / len, x seen as [outer, len, inner], summed in f32 in
-// order of l (as program_cpu, so the result matches to the bit). One thread per output
-// element, grid-stride. Launch: any grid, blockDim 256.
+// y[o, i] = (sum over l of x[o, l, i]) / divisor, x seen as [outer, len, inner], summed in
+// f32 in order of l (as program_cpu, so the result matches to the bit); divisor is len for a
+// mean, 1 for a sum. One thread per output element, grid-stride. Launch: any grid, blockDim
+// 256.
 template <typename T>
-__device__ void reduce_mean(T* y, const T* x, long long outer, long long len, long long inner) {
+__device__ void reduce_rows(T* y, const T* x, long long outer, long long len, long long inner,
+                            float divisor) {
     const long long n = outer * inner;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n; t += stride) {
         const long long o = t / inner, i = t % inner;
         float s = 0.0f;
         for (long long l = 0; l < len; ++l) s += load_f(x, (o * len + l) * inner + i);
-        store_f(y, t, s / (float)len);
+        store_f(y, t, divisor == 1.0f ? s : s / divisor);
     }
 }
 
-extern "C" __global__ void reduce_mean_f32(float* y, const float* x, long long outer,
-                                           long long len, long long inner) {
-    reduce_mean<float>(y, x, outer, len, inner);
+extern "C" __global__ void reduce_f32(float* y, const float* x, long long outer, long long len,
+                                      long long inner, float divisor) {
+    reduce_rows<float>(y, x, outer, len, inner, divisor);
 }
 
-extern "C" __global__ void reduce_mean_f16(f16_t* y, const f16_t* x, long long outer,
-                                           long long len, long long inner) {
-    reduce_mean<f16_t>(y, x, outer, len, inner);
+extern "C" __global__ void reduce_f16(f16_t* y, const f16_t* x, long long outer, long long len,
+                                      long long inner, float divisor) {
+    reduce_rows<f16_t>(y, x, outer, len, inner, divisor);
 }
 
 // y[o, i] (I64) = the index l of the largest x[o, l, i], x of any element type (compared as

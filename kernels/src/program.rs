@@ -129,6 +129,10 @@ pub enum EwOp {
     Equal,
     /// `cond != 0 ? x : y`.
     Where,
+    /// The larger of two (f32 `fmaxf` / f64 `fmax`: a NaN loses). On Bools: logical or.
+    Max,
+    /// The smaller of two (a NaN loses). On Bools: logical and.
+    Min,
 }
 
 impl EwOp {
@@ -148,7 +152,14 @@ impl EwOp {
             | EwOp::Neg
             | EwOp::Exp
             | EwOp::Gelu => 1,
-            EwOp::Add | EwOp::Sub | EwOp::Mul | EwOp::Div | EwOp::Pow | EwOp::Equal => 2,
+            EwOp::Add
+            | EwOp::Sub
+            | EwOp::Mul
+            | EwOp::Div
+            | EwOp::Pow
+            | EwOp::Equal
+            | EwOp::Max
+            | EwOp::Min => 2,
             EwOp::Where => 3,
         }
     }
@@ -273,13 +284,15 @@ pub enum Step {
         eps: f32,
     },
     Attention(AttentionStep),
-    /// Mean over the middle axis of `x` seen as `[outer, len, inner]`; `y` is `[outer, inner]`.
-    ReduceMean {
+    /// Sum (or, with `mean`, mean) over the middle axis of `x` seen as `[outer, len, inner]`,
+    /// summed in f32 in order; `y` is `[outer, inner]`; `x` and `y` of one float type.
+    Reduce {
         x: Buf,
         y: Buf,
         outer: usize,
         len: usize,
         inner: usize,
+        mean: bool,
     },
     /// `y[o, i, r] = data[o, idx[i], r]`, `data` seen as `[outer, axis_len, inner]`, `indices`
     /// (I64 or I32) holding `count` values; a negative index counts from the end; an index
@@ -373,7 +386,7 @@ impl Step {
                 }
                 f(&mut out.buf, Write);
             }
-            Step::Softmax { x, y, .. } | Step::ReduceMean { x, y, .. } => {
+            Step::Softmax { x, y, .. } | Step::Reduce { x, y, .. } => {
                 f(x, Read);
                 f(y, Write);
             }
@@ -429,7 +442,7 @@ impl Step {
             Step::Softmax { .. } => "softmax",
             Step::LayerNorm { .. } => "layer_norm",
             Step::Attention(_) => "attention",
-            Step::ReduceMean { .. } => "reduce_mean",
+            Step::Reduce { .. } => "reduce",
             Step::Gather { .. } => "gather",
             Step::ArgMax { .. } => "argmax",
         }
@@ -597,12 +610,13 @@ fn check_dims(s: &Step) -> Result<(), String> {
             }
             Ok(())
         }
-        Step::ReduceMean {
+        Step::Reduce {
             x,
             y,
             outer,
             len,
             inner,
+            ..
         } => {
             need(x, outer * len * inner, "x")?;
             need(y, outer * inner, "y")

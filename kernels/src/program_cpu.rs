@@ -195,6 +195,8 @@ fn ew(op: EwOp, x: &[f64], float: bool) -> f64 {
             EwOp::Div => a / f(x[1]),
             EwOp::Pow => a.powf(f(x[1])),
             EwOp::Equal => (a == f(x[1])) as u8 as f32,
+            EwOp::Max => a.max(f(x[1])),
+            EwOp::Min => a.min(f(x[1])),
             EwOp::Where => {
                 if x[0] != 0.0 {
                     f(x[1])
@@ -223,6 +225,8 @@ fn ew(op: EwOp, x: &[f64], float: bool) -> f64 {
         EwOp::Div => (a / x[1]).trunc(),
         EwOp::Pow => a.powf(x[1]),
         EwOp::Equal => (a == x[1]) as u8 as f64,
+        EwOp::Max => a.max(x[1]),
+        EwOp::Min => a.min(x[1]),
         EwOp::Where => {
             if x[0] != 0.0 {
                 x[1]
@@ -332,19 +336,20 @@ impl Memory<'_> {
                 self.write(y, out.into_iter().enumerate())
             }
             Step::Attention(a) => self.attention(a),
-            Step::ReduceMean {
+            Step::Reduce {
                 x,
                 y,
                 outer,
                 len,
                 inner,
+                mean,
             } => {
                 let xs = self.read_f32(x);
                 let mut out = vec![0f64; outer * inner];
                 for o in 0..*outer {
                     for i in 0..*inner {
                         let s: f32 = (0..*len).map(|l| xs[(o * len + l) * inner + i]).sum();
-                        out[o * inner + i] = (s / *len as f32) as f64;
+                        out[o * inner + i] = if *mean { s / *len as f32 } else { s } as f64;
                     }
                 }
                 self.write(y, out.into_iter().enumerate())

@@ -79,8 +79,8 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         entry_points: &[
             "add_layer_norm_f32",
             "add_layer_norm_f16",
-            "reduce_mean_f32",
-            "reduce_mean_f16",
+            "reduce_f32",
+            "reduce_f16",
             "argmax",
             "gather_i64",
             "gather_i32",

@@ -123,7 +123,7 @@ fn every_planned_launch_matches_its_ptx_signature() {
         "softmax",
         "layer_norm",
         "attention",
-        "reduce_mean",
+        "reduce",
         "gather",
         "argmax",
     ];

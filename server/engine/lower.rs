@@ -825,12 +825,13 @@ impl<'g> Lowerer<'g> {
                 let len = s.shape[lo..=hi].iter().product();
                 let inner = s.shape[hi + 1..].iter().product();
                 let y = self.new_buf(self.out_elem(idx, out)?, n_out);
-                self.steps.push(Step::ReduceMean {
+                self.steps.push(Step::Reduce {
                     x: s.buf,
                     y,
                     outer,
                     len,
                     inner,
+                    mean: true,
                 });
                 self.define(out, y)
             }

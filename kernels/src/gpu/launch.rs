@@ -3,7 +3,7 @@
 //!
 //! # Launch configurations
 //! - Elementwise-shaped kernels (elementwise, bias_act, quantize_sym, dequant_bias_act,
-//!   reduce_mean, argmax, gather, the INT8 GEMM fallback): one thread per output element,
+//!   reduce, argmax, gather, the INT8 GEMM fallback): one thread per output element,
 //!   blocks of [`BLOCK_1D`] threads, `ceil(n / 256)` blocks capped at [`MAX_GRID_1D`]; the
 //!   kernels loop grid-stride over the rest. `n == 0` launches nothing.
 //! - Row kernels (softmax, layer norm, scale_mask_softmax): one block per row, `cols`

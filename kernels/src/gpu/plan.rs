@@ -16,7 +16,7 @@
 //!   `scale_mask_softmax_<t>` (scale, mask, softmax; F16 probabilities into `probs`), then
 //!   the strided-batched matmul `probs · v`.
 //! - `Elementwise` → `elementwise`; `Softmax` → `softmax_<t>`; `LayerNorm` →
-//!   `add_layer_norm_<t>`; `ReduceMean` → `reduce_mean_<t>`; `Gather` → `gather_<i64|i32>`;
+//!   `add_layer_norm_<t>`; `Reduce` → `reduce_<t>`; `Gather` → `gather_<i64|i32>`;
 //!   `ArgMax` → `argmax`. Launch configurations: [`super::launch`].
 
 use cudarc::driver::LaunchConfig;
@@ -236,22 +236,24 @@ impl Planner<'_> {
                     args,
                 )
             }
-            Step::ReduceMean {
+            Step::Reduce {
                 x,
                 y,
                 outer,
                 len,
                 inner,
+                mean,
             } => {
-                let t = float_suffix(same(&[x.elem, y.elem], "reduce mean x and y")?, "mean")?;
+                let t = float_suffix(same(&[x.elem, y.elem], "reduce x and y")?, "reduce")?;
                 let args = vec![
                     p(y),
                     p(x),
                     Arg::I64(n64(*outer)?),
                     Arg::I64(n64(*len)?),
                     Arg::I64(n64(*inner)?),
+                    Arg::F32(if *mean { *len as f32 } else { 1.0 }),
                 ];
-                self.kernel(&format!("reduce_mean_{t}"), grid_1d(outer * inner), args)
+                self.kernel(&format!("reduce_{t}"), grid_1d(outer * inner), args)
             }
             Step::Gather {
                 data,
@@ -798,12 +800,13 @@ mod tests {
             "{e}"
         );
         // Empty work plans nothing.
-        let s = Step::ReduceMean {
+        let s = Step::Reduce {
             x: arena(0, Elem::F32, 8),
             y: arena(256, Elem::F32, 8),
             outer: 0,
             len: 4,
             inner: 2,
+            mean: true,
         };
         assert!(plan(vec![s]).unwrap().is_empty());
     }

@@ -500,12 +500,15 @@ fn ew_integers() -> Case {
     let a = b.input_vals("a", Elem::I64, &[6], &av);
     let bb = b.input_vals("b", Elem::I64, &[6], &bv);
     let eq = b.buf(Elem::Bool, 6);
+    let or = b.buf(Elem::Bool, 6);
     let sum = b.buf(Elem::I64, 6);
     let quo = b.buf(Elem::I32, 6);
     let mixed = b.buf(Elem::F32, 6);
     let f = b.input_vals("f", Elem::F32, &[6], &[0.5, 1.5, -2.25, 3.0, 0.0, -1.0]);
     for (op, ins, out) in [
         (EwOp::Equal, vec![a, bb], eq),
+        // Logical or of two Bool buffers.
+        (EwOp::Max, vec![eq, eq], or),
         (EwOp::Add, vec![a, bb], sum),
         (EwOp::Div, vec![a, bb], quo),
         // Int and float together: f64 maths.
@@ -519,6 +522,7 @@ fn ew_integers() -> Case {
         });
     }
     b.output("eq", eq, &[6]);
+    b.output("or", or, &[6]);
     b.output("sum", sum, &[6]);
     b.output("quo", quo, &[6]);
     b.output("mixed", mixed, &[6]);
@@ -543,6 +547,8 @@ fn ew_float_ops() -> Case {
         EwOp::Div,
         EwOp::Pow,
         EwOp::Equal,
+        EwOp::Max,
+        EwOp::Min,
     ];
     for (i, op) in ops.into_iter().enumerate() {
         let out = b.buf(if i % 2 == 0 { Elem::F32 } else { Elem::F16 }, 32);
@@ -662,22 +668,24 @@ fn attention(t: Elem) -> Case {
     }
 }
 
-fn reduce_mean(t: Elem) -> Case {
+fn reduce(t: Elem, mean: bool) -> Case {
     let mut b = Builder::new(51);
     let x = b.input("x", t, &[3, 7, 5], 1.0);
     let y = b.buf(t, 15);
-    b.step(Step::ReduceMean {
+    b.step(Step::Reduce {
         x,
         y,
         outer: 3,
         len: 7,
         inner: 5,
+        mean,
     });
     b.output("y", y, &[3, 5]);
-    if t == Elem::F32 {
-        b.case("reduce_mean_f32", F32_TOL)
-    } else {
-        b.case("reduce_mean_f16", F16_TOL)
+    match (t == Elem::F32, mean) {
+        (true, true) => b.case("reduce_mean_f32", F32_TOL),
+        (true, false) => b.case("reduce_sum_f32", F32_TOL),
+        (false, true) => b.case("reduce_mean_f16", F16_TOL),
+        (false, false) => b.case("reduce_sum_f16", F16_TOL),
     }
 }
 
@@ -869,8 +877,9 @@ pub fn cases() -> Vec<Case> {
         layer_norm(f16_, false),
         attention(f32_),
         attention(f16_),
-        reduce_mean(f32_),
-        reduce_mean(f16_),
+        reduce(f32_, true),
+        reduce(f16_, true),
+        reduce(f32_, false),
         gather(Elem::I64),
         gather(Elem::I32),
         argmax(),
