@@ -16,12 +16,19 @@
 //! one batch in ms, sequences/s), the batch timed from pinned host input to host output
 //! through a captured CUDA graph, after 10 warm-up runs.
 //!
+//! `--widen-f16`: the model file stores its float initializers as FLOAT16 (how
+//! `benches/gpu/prepare_engine.sh` fits MiniLM in a device call's carry); they are widened
+//! back to FLOAT32 exactly before compiling, so the engine sees the FP32 model whose weights
+//! are the half-rounded ones ORT answered for.
+//!
 //! Needs a GPU (exits with the reason otherwise) and NVRTC (`.deps/nvrtc/lib` or the loader
 //! path).
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use prost::Message;
 
 use tokio::time::Instant;
 
@@ -63,6 +70,41 @@ fn f32s(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// The model with every FLOAT16 initializer turned into the same values as FLOAT32.
+fn widen_f16(bytes: &[u8]) -> Vec<u8> {
+    use switchyard::proto::onnx::ModelProto;
+    const FLOAT: i32 = 1;
+    const FLOAT16: i32 = 10;
+    let mut m =
+        ModelProto::decode(bytes).unwrap_or_else(|e| fail(format!("not an ONNX model: {e}")));
+    let mut widened = 0;
+    for t in m.graph.iter_mut().flat_map(|g| g.initializer.iter_mut()) {
+        if t.data_type != FLOAT16 {
+            continue;
+        }
+        let halves: Vec<half::f16> = if t.raw_data.is_empty() {
+            t.int32_data
+                .iter()
+                .map(|&b| half::f16::from_bits(b as u16))
+                .collect()
+        } else {
+            t.raw_data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        };
+        t.raw_data = halves
+            .iter()
+            .flat_map(|h| h.to_f32().to_le_bytes())
+            .collect();
+        t.int32_data.clear();
+        t.data_type = FLOAT;
+        widened += 1;
+    }
+    println!("engine_bench: widened {widened} FLOAT16 initializers to FLOAT32");
+    m.encode_to_vec()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let model =
@@ -98,7 +140,14 @@ fn main() {
             let _ = switchyard_kernels::nvrtc::preload_library(&p);
         }
     }
-    let device = GpuDevice::new(0).unwrap_or_else(|e| fail(format!("no GPU: {e}")));
+    // --cpu: accuracy only, on kernels::program_cpu (the kernels' semantics, no GPU): checks
+    // the model and the whole pipeline on the developer machine before a device call.
+    let cpu = args.iter().any(|a| a == "--cpu");
+    let device = if cpu {
+        None
+    } else {
+        Some(GpuDevice::new(0).unwrap_or_else(|e| fail(format!("no GPU: {e}"))))
+    };
     let text =
         std::fs::read_to_string(&data_path).unwrap_or_else(|e| fail(format!("{data_path}: {e}")));
     let data: serde_json::Value =
@@ -127,8 +176,11 @@ fn main() {
         })
         .collect();
 
-    let bytes_model =
+    let mut bytes_model =
         std::fs::read(&model).unwrap_or_else(|e| fail(format!("{}: {e}", model.display())));
+    if args.iter().any(|a| a == "--widen-f16") {
+        bytes_model = widen_f16(&bytes_model);
+    }
     let t = Instant::now();
     let graph = switchyard::engine::compile(&bytes_model).unwrap_or_else(|e| fail(e.to_string()));
     println!(
@@ -169,18 +221,31 @@ fn main() {
             .collect();
         let p =
             lower(&graph, &shapes, mode, table.as_ref()).unwrap_or_else(|e| fail(e.to_string()));
-        let mut gpu =
-            GpuEngine::new(device.clone(), p.arena_bytes).unwrap_or_else(|e| fail(e.to_string()));
-        let mut prog = gpu
-            .load(&p, LoadOptions { cuda_graph: true })
-            .unwrap_or_else(|e| fail(e.to_string()));
         let in_bytes: Vec<Vec<u8>> = INPUTS.iter().map(|n| bytes(&feeds[n])).collect();
         let host: Vec<(&str, &[u8])> = INPUTS
             .iter()
             .copied()
             .zip(in_bytes.iter().map(Vec::as_slice))
             .collect();
-        let got = f32s(&prog.run(&host).unwrap_or_else(|e| fail(e.to_string()))[0]);
+        let t = Instant::now();
+        let outs = match &device {
+            None => switchyard_kernels::program_cpu::run(&p, &host).unwrap_or_else(|e| fail(e)),
+            Some(device) => {
+                let mut gpu = GpuEngine::new(device.clone(), p.arena_bytes)
+                    .unwrap_or_else(|e| fail(e.to_string()));
+                let mut prog = gpu
+                    .load(&p, LoadOptions { cuda_graph: true })
+                    .unwrap_or_else(|e| fail(e.to_string()));
+                prog.run(&host).unwrap_or_else(|e| fail(e.to_string()))
+            }
+        };
+        println!(
+            "engine_bench: {mode:?} {} steps, arena {} B, ran in {:?}",
+            p.steps.len(),
+            p.arena_bytes,
+            t.elapsed()
+        );
+        let got = f32s(&outs[0]);
         let h = want.first().map_or(0, Vec::len);
         let (mut worst_rel, mut worst_cos) = (0f64, 1f64);
         for (r, w) in want.iter().enumerate() {
@@ -203,9 +268,8 @@ fn main() {
             "{},{n_rows},{data_seq},{worst_rel:.6e},{worst_cos:.6}",
             mode.as_str()
         );
-        drop(prog);
-
         // Throughput: every batch at `seq`, ids cycled from the data rows.
+        let Some(device) = &device else { continue };
         for &b in &batches {
             let shapes: Vec<(&str, Vec<usize>)> =
                 INPUTS.iter().map(|n| (*n, vec![b, seq])).collect();
