@@ -1,8 +1,13 @@
-//! KIND_GPU instances: an ONNX model compiled into an engine (`engine::cache`, loaded from
-//! `--engine-cache-dir` or compiled and stored there), lowered per input shape into programs
-//! (`engine::lower`) and run by the GPU executor (`switchyard_kernels::gpu`).
+//! Instances that run Switchyard's own engine: an ONNX model compiled into an engine
+//! (`engine::cache`, loaded from `--engine-cache-dir` or compiled and stored there), lowered
+//! per input shape into programs (`engine::lower`) and run by the GPU executor
+//! (`switchyard_kernels::gpu`) — KIND_GPU instances — or, with the model parameter
+//! `switchyard_engine_cpu: "true"` on a KIND_CPU model, by the CPU runner of programs
+//! (`switchyard_kernels::program_cpu`: slow, exact, the kernels' semantics). The CPU target
+//! exists so the whole serving path of the engine (padding to buckets, programs per shape,
+//! outputs cut back) is tested through real clients without a GPU.
 //!
-//! - One [`GpuModelEngine`] per instance: its own CUDA stream, pinned staging and arena.
+//! - One [`ProgramEngine`] per instance: on the GPU its own stream, pinned staging and arena.
 //! - Shapes: with a batching model and CUDA graphs, a batch is padded with zero rows to the
 //!   next bucket (`cuda.graph_spec` batch sizes, or powers of two up to `max_batch_size`), so
 //!   a handful of programs — each one captured CUDA graph — serve every batch; the rows added
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use switchyard_kernels::gpu::{GpuDevice, GpuEngine, GpuProgram, LoadOptions};
+use switchyard_kernels::program::Program;
 
 use super::{Engine, EngineIo, EngineOutput, ExecError, PhaseTimes};
 use crate::engine::cache::{self, CacheOutcome};
@@ -51,16 +57,27 @@ fn wire_type(d: DType) -> Option<DataType> {
     })
 }
 
-/// Compiles (or loads from `cache_dir`) the engine of `model_path` for GPU `ordinal`.
+/// Where an engine's programs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The GPU of this ordinal, through `switchyard_kernels::gpu`.
+    Gpu(usize),
+    /// `switchyard_kernels::program_cpu` (verification; `switchyard_engine_cpu`).
+    Cpu,
+}
+
+/// Compiles (or, for a GPU, loads from `cache_dir`) the engine of `model_path` for `target`.
 pub fn compile_model(
     model_path: &Path,
     plan: &GpuPlan,
-    ordinal: usize,
+    target: Target,
     cache_dir: &Path,
-) -> Result<(CompiledModel, Arc<GpuDevice>), ExecError> {
+) -> Result<(CompiledModel, Option<Arc<GpuDevice>>), ExecError> {
     let load = |e: String| ExecError::Load(e);
-    let device = GpuDevice::new(ordinal).map_err(|e| load(e.to_string()))?;
-    let cc = device.compute_capability();
+    let device = match target {
+        Target::Gpu(ordinal) => Some(GpuDevice::new(ordinal).map_err(|e| load(e.to_string()))?),
+        Target::Cpu => None,
+    };
     let (precision, calibration_path, use_cache) = match &plan.engine {
         Some(e) => (e.precision, e.calibration.clone(), e.engine_cache),
         None => (Precision::Fp32, None, true),
@@ -80,16 +97,39 @@ pub fn compile_model(
             )
         }
     };
-    let (engine, outcome) = if use_cache {
-        let (e, o) =
-            cache::get_or_compile(cache_dir, model_path, cc, precision, calibration.as_ref())
+    let (engine, outcome) = if let Some(device) = &device {
+        let cc = device.compute_capability();
+        if use_cache {
+            let (e, o) =
+                cache::get_or_compile(cache_dir, model_path, cc, precision, calibration.as_ref())
+                    .map_err(|e| load(e.to_string()))?;
+            (e, Some(o))
+        } else {
+            let bytes = std::fs::read(model_path)
+                .map_err(|e| load(format!("cannot read {}: {e}", model_path.display())))?;
+            let e = cache::Engine::compile(&bytes, cc, precision, calibration.as_ref())
                 .map_err(|e| load(e.to_string()))?;
-        (e, Some(o))
+            (e, None)
+        }
     } else {
+        // The CPU runner needs no PTX and no cache.
         let bytes = std::fs::read(model_path)
             .map_err(|e| load(format!("cannot read {}: {e}", model_path.display())))?;
-        let e = cache::Engine::compile(&bytes, cc, precision, calibration.as_ref())
+        let graph = crate::engine::compile(&bytes).map_err(|e| load(e.to_string()))?;
+        let plan = crate::engine::precision::assign(&graph, precision);
+        if precision == Precision::Int8 && calibration.is_none() {
+            return Err(load("INT8 needs int8_calibration_table_name".into()));
+        }
+        // Refuses a table lacking a scale now, as the GPU compile does.
+        crate::engine::emulate::Emulator::new(&graph, plan.clone(), calibration.as_ref())
             .map_err(|e| load(e.to_string()))?;
+        let e = cache::Engine {
+            graph,
+            precision: plan,
+            calibration,
+            compute_capability: (0, 0),
+            kernels: Vec::new(),
+        };
         (e, None)
     };
     let io = |ids: &[usize]| -> Vec<EngineIo> {
@@ -158,32 +198,44 @@ pub fn bucket_for(buckets: &[usize], n: usize) -> Option<usize> {
 /// Input shapes of one program.
 type ShapeKey = Vec<Vec<usize>>;
 
-/// One GPU instance.
-pub struct GpuModelEngine {
+/// A program ready to run on its target.
+enum Loaded {
+    Gpu(GpuProgram),
+    Cpu(Program),
+}
+
+/// One instance of an engine-compiled model.
+pub struct ProgramEngine {
     model: Arc<CompiledModel>,
-    device: Arc<GpuDevice>,
-    gpu: GpuEngine,
+    /// The device and the engine's arena and weights on it; `None` on the CPU target.
+    gpu: Option<(Arc<GpuDevice>, GpuEngine)>,
     /// Loaded programs by input shapes, with their output shapes.
-    programs: HashMap<ShapeKey, (GpuProgram, Vec<Vec<usize>>)>,
+    programs: HashMap<ShapeKey, (Loaded, Vec<Vec<usize>>)>,
     order: Vec<Vec<Vec<usize>>>,
     /// Padding buckets (batching models with CUDA graphs), else empty.
     buckets: Vec<usize>,
     cuda_graphs: bool,
 }
 
-impl GpuModelEngine {
-    /// An instance on `device` for `model`; programs for `warm_shapes` are built now.
+impl ProgramEngine {
+    /// An instance for `model` on `device` (`None`: the CPU runner); programs for
+    /// `warm_shapes` are built now.
     pub fn new(
         model: Arc<CompiledModel>,
-        device: Arc<GpuDevice>,
+        device: Option<Arc<GpuDevice>>,
         plan: &GpuPlan,
         max_batch_size: usize,
         warm_shapes: &[Vec<Vec<usize>>],
-    ) -> Result<GpuModelEngine, ExecError> {
-        let gpu = GpuEngine::new(device.clone(), 0).map_err(|e| ExecError::Load(e.to_string()))?;
-        let mut engine = GpuModelEngine {
+    ) -> Result<ProgramEngine, ExecError> {
+        let gpu = match device {
+            Some(d) => Some((
+                d.clone(),
+                GpuEngine::new(d, 0).map_err(|e| ExecError::Load(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let mut engine = ProgramEngine {
             model,
-            device,
             gpu,
             programs: HashMap::new(),
             order: Vec::new(),
@@ -206,15 +258,12 @@ impl GpuModelEngine {
             .unwrap_or(0);
         engine.grow(biggest)?;
         for (shape, p) in lowered {
-            engine.insert(shape, &p)?;
+            engine.insert(shape, p)?;
         }
         Ok(engine)
     }
 
-    fn lower(
-        &self,
-        shapes: &[Vec<usize>],
-    ) -> Result<switchyard_kernels::program::Program, ExecError> {
+    fn lower(&self, shapes: &[Vec<usize>]) -> Result<Program, ExecError> {
         let e = &self.model.engine;
         let named: Vec<(&str, Vec<usize>)> = self
             .model
@@ -230,35 +279,36 @@ impl GpuModelEngine {
     /// Replaces the arena by one of `bytes` when the current one is smaller (programs built
     /// for the old arena are dropped and rebuilt on use).
     fn grow(&mut self, bytes: usize) -> Result<(), ExecError> {
-        if bytes <= self.gpu.arena_bytes() {
+        let Some((device, gpu)) = &mut self.gpu else {
+            return Ok(());
+        };
+        if bytes <= gpu.arena_bytes() {
             return Ok(());
         }
         self.programs.clear();
         self.order.clear();
-        self.gpu = GpuEngine::new(self.device.clone(), bytes)
-            .map_err(|e| ExecError::Load(e.to_string()))?;
+        *gpu = GpuEngine::new(device.clone(), bytes).map_err(|e| ExecError::Load(e.to_string()))?;
         Ok(())
     }
 
-    fn insert(
-        &mut self,
-        shape: Vec<Vec<usize>>,
-        p: &switchyard_kernels::program::Program,
-    ) -> Result<(), ExecError> {
-        let loaded = self
-            .gpu
-            .load(
-                p,
-                LoadOptions {
-                    cuda_graph: self.cuda_graphs,
-                },
-            )
-            .map_err(|e| ExecError::Run(e.to_string()))?;
+    fn insert(&mut self, shape: Vec<Vec<usize>>, p: Program) -> Result<(), ExecError> {
+        let out_shapes = p.outputs.iter().map(|b| b.shape.clone()).collect();
+        let loaded = match &mut self.gpu {
+            Some((_, gpu)) => Loaded::Gpu(
+                gpu.load(
+                    &p,
+                    LoadOptions {
+                        cuda_graph: self.cuda_graphs,
+                    },
+                )
+                .map_err(|e| ExecError::Run(e.to_string()))?,
+            ),
+            None => Loaded::Cpu(p),
+        };
         if self.order.len() >= MAX_PROGRAMS {
             let old = self.order.remove(0);
             self.programs.remove(&old);
         }
-        let out_shapes = p.outputs.iter().map(|b| b.shape.clone()).collect();
         self.order.push(shape.clone());
         self.programs.insert(shape, (loaded, out_shapes));
         Ok(())
@@ -274,7 +324,7 @@ fn pad_rows(t: &Tensor, rows: usize) -> Vec<u8> {
     data
 }
 
-impl Engine for GpuModelEngine {
+impl Engine for ProgramEngine {
     fn inputs(&self) -> &[EngineIo] {
         &self.model.inputs
     }
@@ -329,7 +379,7 @@ impl Engine for GpuModelEngine {
         if !self.programs.contains_key(&shapes) {
             let p = self.lower(&shapes)?;
             self.grow(p.arena_bytes)?;
-            self.insert(shapes.clone(), &p)?;
+            self.insert(shapes.clone(), p)?;
         }
         let (program, out_shapes) = self
             .programs
@@ -343,10 +393,18 @@ impl Engine for GpuModelEngine {
             .zip(bytes.iter().map(Vec::as_slice))
             .collect();
         let t1 = Instant::now();
-        let outs = program.run(&named).map_err(|e| match e {
-            switchyard_kernels::gpu::GpuError::Input(m) => ExecError::InvalidInput(m),
-            e => ExecError::Run(e.to_string()),
-        })?;
+        let outs = match program {
+            Loaded::Gpu(g) => g.run(&named).map_err(|e| match e {
+                switchyard_kernels::gpu::GpuError::Input(m) => ExecError::InvalidInput(m),
+                e => ExecError::Run(e.to_string()),
+            })?,
+            Loaded::Cpu(p) => {
+                // An out-of-range id is the caller's error, as on the GPU.
+                switchyard_kernels::program_cpu::check_indices(p, &named)
+                    .map_err(ExecError::InvalidInput)?;
+                switchyard_kernels::program_cpu::run(p, &named).map_err(ExecError::Run)?
+            }
+        };
         let t2 = Instant::now();
         let mut tensors = Vec::with_capacity(outputs.len());
         for want in outputs {

@@ -143,7 +143,7 @@ fn check_gpu(name: &str, config: &ModelConfig, plan: &GpuPlan) -> Result<(), Str
                 "model '{name}': instance group '{group}' asks for KIND_GPU{what}, but {why}"
             ));
         }
-    } else if !plan.describe().is_empty() {
+    } else if !plan.describe().is_empty() && !engine_on_cpu(config).unwrap_or(false) {
         tracing::warn!(
             model = name,
             gpu = %plan.describe(),
@@ -393,34 +393,55 @@ pub struct VersionFiles {
 #[derive(Debug)]
 pub struct GpuSetup {
     pub model: Arc<crate::executor::gpu::CompiledModel>,
-    pub device: Arc<switchyard_kernels::gpu::GpuDevice>,
+    /// `None`: the CPU runner (`switchyard_engine_cpu`).
+    pub device: Option<Arc<switchyard_kernels::gpu::GpuDevice>>,
     pub plan: GpuPlan,
     pub max_batch_size: usize,
     /// Input shapes whose programs are built at load (the config fixes every other dim).
     pub warm_shapes: Vec<Vec<Vec<usize>>>,
 }
 
-/// Compiles the engine (or loads it from the cache) when `config` has a KIND_GPU group.
+/// Whether the model asks for Switchyard's engine on the CPU runner
+/// (`parameters { key: "switchyard_engine_cpu" value: { string_value: "true" } }`).
+pub fn engine_on_cpu(config: &ModelConfig) -> Result<bool, String> {
+    match config
+        .parameters
+        .get("switchyard_engine_cpu")
+        .map(|p| p.string_value.trim())
+    {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(format!(
+            "model '{}': parameter switchyard_engine_cpu = '{v}': expected \"true\" or \"false\"",
+            config.name
+        )),
+    }
+}
+
+/// Compiles the engine (or loads it from the cache) when `config` has a KIND_GPU group, or
+/// asks for the engine on the CPU runner.
 fn gpu_setup(
     config: &ModelConfig,
     model_dir: &Path,
     path: &Path,
     options: &LoadOptions,
 ) -> Result<Option<Arc<GpuSetup>>, String> {
-    let Some(group) = config
+    use crate::executor::gpu::Target;
+    let target = match config
         .instance_group
         .iter()
         .find(|g| g.kind == Kind::Gpu as i32)
-    else {
-        return Ok(None);
+    {
+        Some(group) => Target::Gpu(group.gpus.first().map_or(0, |&g| g.max(0) as usize)),
+        None if engine_on_cpu(config)? => Target::Cpu,
+        None => return Ok(None),
     };
     let plan = gpu_plan(config, model_dir)?;
-    let ordinal = group.gpus.first().map_or(0, |&g| g.max(0) as usize);
     let t0 = tokio::time::Instant::now();
     let (model, device) =
-        crate::executor::gpu::compile_model(path, &plan, ordinal, &options.engine_cache_dir)
-            .map_err(|e| format!("model '{}': GPU engine: {e}", config.name))?;
-    tracing::info!(model = %config.name, gpu = ordinal, engine = %plan.describe(), cache = ?model.outcome, ms = t0.elapsed().as_millis() as u64, "GPU engine ready");
+        crate::executor::gpu::compile_model(path, &plan, target, &options.engine_cache_dir)
+            .map_err(|e| format!("model '{}': engine: {e}", config.name))?;
+    tracing::info!(model = %config.name, ?target, engine = %plan.describe(), cache = ?model.outcome, ms = t0.elapsed().as_millis() as u64, "Switchyard engine ready");
     let max_batch_size = config.max_batch_size.max(0) as usize;
     let fixed: Option<Vec<Vec<usize>>> = config
         .input
@@ -578,7 +599,7 @@ fn add_instances(
     if let Some(gpu) = &files.gpu {
         while engines.len() < n {
             engines.push(Box::new(
-                crate::executor::gpu::GpuModelEngine::new(
+                crate::executor::gpu::ProgramEngine::new(
                     gpu.model.clone(),
                     gpu.device.clone(),
                     &gpu.plan,
