@@ -271,15 +271,43 @@ fn load_versions(
         config.default_model_filename.clone()
     };
     let instances = instance_total(&config);
+    // Switchyard's engine (KIND_GPU, or switchyard_engine_cpu) or ONNX Runtime.
+    let target = match engine_target(&config) {
+        Ok(t) => t,
+        Err(e) => return fail(Some(config), e),
+    };
+    let plan = match target {
+        None => None,
+        Some(_) => match gpu_plan(&config, model_dir) {
+            Ok(p) => Some(p),
+            Err(e) => return fail(Some(config), format!("model '{name}': {e}")),
+        },
+    };
     // Load the first engine of every version; the newest one that loads completes the config.
-    type FirstEngine = Result<(PathBuf, OnnxEngine, std::time::Duration), String>;
-    let mut first_engines: BTreeMap<i64, FirstEngine> = BTreeMap::new();
+    type Loaded = Result<(PathBuf, FirstEngine, std::time::Duration), String>;
+    let mut first_engines: BTreeMap<i64, Loaded> = BTreeMap::new();
     for &v in selected.iter().rev() {
         let t0 = tokio::time::Instant::now();
         let engine = model_file(&model_dir.join(v.to_string()), &filename).and_then(|path| {
-            OnnxEngine::load(&path, threads)
-                .map(|e| (path, e, t0.elapsed()))
-                .map_err(|e| e.to_string())
+            let first = match (target, &plan) {
+                (Some(target), Some(plan)) => {
+                    let (model, device) = crate::executor::gpu::compile_model(
+                        &path,
+                        plan,
+                        target,
+                        &options.engine_cache_dir,
+                    )
+                    .map_err(|e| format!("model '{name}' version {v}: engine: {e}"))?;
+                    tracing::info!(model = name, version = v, ?target, engine = %plan.describe(), cache = ?model.outcome, ms = t0.elapsed().as_millis() as u64, "Switchyard engine ready");
+                    FirstEngine::Compiled {
+                        model: Arc::new(model),
+                        device,
+                        plan: plan.clone(),
+                    }
+                }
+                _ => FirstEngine::Ort(OnnxEngine::load(&path, threads).map_err(|e| e.to_string())?),
+            };
+            Ok((path, first, t0.elapsed()))
         });
         first_engines.insert(v, engine);
     }
@@ -418,30 +446,60 @@ pub fn engine_on_cpu(config: &ModelConfig) -> Result<bool, String> {
     }
 }
 
-/// Compiles the engine (or loads it from the cache) when `config` has a KIND_GPU group, or
-/// asks for the engine on the CPU runner.
+/// Where a model's engine runs when it is not ONNX Runtime: the GPU of its first KIND_GPU
+/// group, or the CPU runner (`switchyard_engine_cpu`).
+fn engine_target(config: &ModelConfig) -> Result<Option<crate::executor::gpu::Target>, String> {
+    use crate::executor::gpu::Target;
+    Ok(
+        match config
+            .instance_group
+            .iter()
+            .find(|g| g.kind == Kind::Gpu as i32)
+        {
+            Some(group) => Some(Target::Gpu(
+                group.gpus.first().map_or(0, |&g| g.max(0) as usize),
+            )),
+            None if engine_on_cpu(config)? => Some(Target::Cpu),
+            None => None,
+        },
+    )
+}
+
+/// What the first load of a version produced: an ONNX Runtime session, or Switchyard's
+/// compiled engine (such a model never opens ONNX Runtime).
+enum FirstEngine {
+    Ort(OnnxEngine),
+    Compiled {
+        model: Arc<crate::executor::gpu::CompiledModel>,
+        device: Option<Arc<switchyard_kernels::gpu::GpuDevice>>,
+        plan: GpuPlan,
+    },
+}
+
+impl FirstEngine {
+    fn inputs(&self) -> &[crate::executor::EngineIo] {
+        match self {
+            FirstEngine::Ort(e) => e.inputs(),
+            FirstEngine::Compiled { model, .. } => &model.inputs,
+        }
+    }
+
+    fn outputs(&self) -> &[crate::executor::EngineIo] {
+        match self {
+            FirstEngine::Ort(e) => e.outputs(),
+            FirstEngine::Compiled { model, .. } => &model.outputs,
+        }
+    }
+}
+
+/// The instances' recipe for a compiled engine: programs are built at load for every batch
+/// bucket when the config fixes the other dims.
 fn gpu_setup(
     config: &ModelConfig,
-    model_dir: &Path,
-    path: &Path,
-    options: &LoadOptions,
-) -> Result<Option<Arc<GpuSetup>>, String> {
-    use crate::executor::gpu::Target;
-    let target = match config
-        .instance_group
-        .iter()
-        .find(|g| g.kind == Kind::Gpu as i32)
-    {
-        Some(group) => Target::Gpu(group.gpus.first().map_or(0, |&g| g.max(0) as usize)),
-        None if engine_on_cpu(config)? => Target::Cpu,
-        None => return Ok(None),
-    };
-    let plan = gpu_plan(config, model_dir)?;
-    let t0 = tokio::time::Instant::now();
-    let (model, device) =
-        crate::executor::gpu::compile_model(path, &plan, target, &options.engine_cache_dir)
-            .map_err(|e| format!("model '{}': engine: {e}", config.name))?;
-    tracing::info!(model = %config.name, ?target, engine = %plan.describe(), cache = ?model.outcome, ms = t0.elapsed().as_millis() as u64, "Switchyard engine ready");
+    model: Arc<crate::executor::gpu::CompiledModel>,
+    device: Option<Arc<switchyard_kernels::gpu::GpuDevice>>,
+    plan: GpuPlan,
+) -> Arc<GpuSetup> {
     let max_batch_size = config.max_batch_size.max(0) as usize;
     let fixed: Option<Vec<Vec<usize>>> = config
         .input
@@ -466,13 +524,13 @@ fn gpu_setup(
             })
             .collect(),
     };
-    Ok(Some(Arc::new(GpuSetup {
-        model: Arc::new(model),
+    Arc::new(GpuSetup {
+        model,
         device,
         plan,
         max_batch_size,
         warm_shapes,
-    })))
+    })
 }
 
 struct VersionSource<'a> {
@@ -484,24 +542,32 @@ struct VersionSource<'a> {
 fn start_version(
     config: &Arc<ModelConfig>,
     source: VersionSource<'_>,
-    first: OnnxEngine,
+    first: FirstEngine,
     instances: usize,
     options: &LoadOptions,
     threads: usize,
 ) -> Result<ModelVersion, String> {
-    let files = VersionFiles {
-        model_dir: source.model_dir.to_path_buf(),
-        version: source.version,
-        gpu: gpu_setup(config, source.model_dir, &source.path, options)?,
-        path: source.path,
-        threads,
-    };
     let spec = Arc::new(model_spec(
         config,
-        files.version,
+        source.version,
         first.inputs(),
         first.outputs(),
     )?);
+    let (gpu, first) = match first {
+        FirstEngine::Ort(e) => (None, Some(e)),
+        FirstEngine::Compiled {
+            model,
+            device,
+            plan,
+        } => (Some(gpu_setup(config, model, device, plan)), None),
+    };
+    let files = VersionFiles {
+        model_dir: source.model_dir.to_path_buf(),
+        version: source.version,
+        gpu,
+        path: source.path,
+        threads,
+    };
     let stats = Arc::new(ModelStats::new(&config.name, files.version));
     let sched = scheduler_config(
         config,
@@ -522,7 +588,7 @@ fn start_version(
         next_index: 0,
         fault,
     };
-    add_instances(&mut set, config, &spec, &stats, instances, Some(first))?;
+    add_instances(&mut set, config, &spec, &stats, instances, first)?;
     Ok(ModelVersion {
         spec,
         config: RwLock::new(config.clone()),

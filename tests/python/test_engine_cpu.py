@@ -172,3 +172,22 @@ def test_an_out_of_range_token_id_is_invalid_argument_and_the_model_keeps_servin
     ids[1, 2] = 7
     hid, _ = encoder_infer(client, "encoder_engine", ids, mask)
     assert hid.shape == (2, 5, 16)
+
+
+def test_engine_models_need_no_onnx_runtime(switchyard, tmp_path):
+    """A GPU machine may have no ONNX Runtime: engine models load and serve without it."""
+    repo = tmp_path / "no-ort-repo"
+    repo.mkdir()
+    h.copy_model(repo, "fraud_mlp", versions={"1": 1})
+    h.copy_model(repo, "fraud_mlp", "fraud_engine", config=fraud_config("fraud_engine"))
+    srv = switchyard(repo, "--ort-library", str(tmp_path / "missing" / "libonnxruntime.so"),
+                     "--exit-on-error=false")
+    client = srv.client()
+    assert client.is_model_ready("fraud_engine")
+    assert not client.is_model_ready("fraud_mlp")
+    x = HELDOUT[:5]
+    got = fraud_infer(client, "fraud_engine", x)
+    want = h.reference("fraud_mlp", {"features": x})
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=1e-5, atol=1e-6)
+    assert np.array_equal(got["label"].reshape(-1), np.asarray(want["label"]).reshape(-1))
+    assert "ONNX Runtime is not available" in srv.log()
