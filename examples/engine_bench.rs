@@ -16,6 +16,8 @@
 //! one batch in ms, sequences/s), the batch timed from pinned host input to host output
 //! through a captured CUDA graph, after 10 warm-up runs.
 //!
+//! `--write-widened PATH` (with `--widen-f16`) also writes the widened FP32 model there.
+//!
 //! `--widen-f16`: the model file stores its float initializers as FLOAT16 (how
 //! `benches/gpu/prepare_engine.sh` fits MiniLM in a device call's carry); they are widened
 //! back to FLOAT32 exactly before compiling, so the engine sees the FP32 model whose weights
@@ -180,6 +182,11 @@ fn main() {
         std::fs::read(&model).unwrap_or_else(|e| fail(format!("{}: {e}", model.display())));
     if args.iter().any(|a| a == "--widen-f16") {
         bytes_model = widen_f16(&bytes_model);
+        // For the server run that follows (benches/gpu/run.sh): the FP32 file it serves.
+        if let Some(path) = arg(&args, "--write-widened") {
+            std::fs::write(&path, &bytes_model).unwrap_or_else(|e| fail(format!("{path}: {e}")));
+            println!("engine_bench: wrote {path}");
+        }
     }
     let t = Instant::now();
     let graph = switchyard::engine::compile(&bytes_model).unwrap_or_else(|e| fail(e.to_string()));
