@@ -11,7 +11,8 @@ use std::collections::{HashMap, HashSet};
 use prost::Message;
 
 use super::ir::{
-    Activation, BinaryOp, DType, Data, Dim, Gemm, Graph, Op, Shape, Tensor, UnaryOp, ValueId,
+    Activation, BinaryOp, CmpOp, DType, Data, Dim, Gemm, Graph, LogicalOp, Op, Shape, Tensor,
+    UnaryOp, ValueId,
 };
 use super::EngineError;
 use crate::proto::onnx::{self as pb, attribute_proto::AttributeType, type_proto};
@@ -377,23 +378,32 @@ impl Builder {
                 }
             )));
         }
-        // Inputs: "" marks an absent optional input; only trailing ones can be dropped.
-        let mut inputs = Vec::new();
+        // Inputs: "" marks an absent optional input. Trailing ones are dropped; one followed by
+        // present inputs is only understood by operators that read `slots` themselves (Clip).
         let last_present = node
             .input
             .iter()
             .rposition(|s| !s.is_empty())
             .map_or(0, |p| p + 1);
-        for (i, n) in node.input[..last_present].iter().enumerate() {
+        let mut slots: Vec<Option<ValueId>> = Vec::with_capacity(last_present);
+        for n in &node.input[..last_present] {
             if n.is_empty() {
-                return Err(Fail::Unsupported(format!(
-                    "absent optional input {i} followed by present ones"
-                )));
+                slots.push(None);
+                continue;
             }
             let id = *self.names.get(n).ok_or_else(|| {
                 Fail::Invalid(format!("input '{n}' is not defined before this node"))
             })?;
-            inputs.push(id);
+            slots.push(Some(id));
+        }
+        let mut inputs: Vec<ValueId> = slots.iter().flatten().copied().collect();
+        let gaps_allowed = domain == Domain::Onnx && node.op_type == "Clip";
+        if let Some(i) = slots.iter().position(Option::is_none) {
+            if !gaps_allowed {
+                return Err(Fail::Unsupported(format!(
+                    "absent optional input {i} followed by present ones"
+                )));
+            }
         }
         let last_out = node
             .output
@@ -450,6 +460,63 @@ impl Builder {
             (Domain::Onnx, "Div") => Op::Binary(BinaryOp::Div),
             (Domain::Onnx, "Pow") => Op::Binary(BinaryOp::Pow),
             (Domain::Onnx, "Equal") => Op::Equal,
+            (Domain::Onnx, "Greater") => Op::Compare(CmpOp::Greater),
+            (Domain::Onnx, "GreaterOrEqual") => Op::Compare(CmpOp::GreaterOrEqual),
+            (Domain::Onnx, "Less") => Op::Compare(CmpOp::Less),
+            (Domain::Onnx, "LessOrEqual") => Op::Compare(CmpOp::LessOrEqual),
+            (Domain::Onnx, "And") => Op::Logical(LogicalOp::And),
+            (Domain::Onnx, "Or") => Op::Logical(LogicalOp::Or),
+            (Domain::Onnx, "Xor") => Op::Logical(LogicalOp::Xor),
+            (Domain::Onnx, "Not") => Op::Not,
+            (Domain::Onnx, "Range") => Op::Range,
+            (Domain::Onnx, "Flatten") => Op::Flatten {
+                axis: attrs.int("axis", 1)?,
+            },
+            (Domain::Onnx, "ReduceSum") => {
+                let keepdims = attrs.bool("keepdims", true)?;
+                let axes = if opset < 13 {
+                    attrs.ints("axes")?
+                } else {
+                    let noop = attrs.bool("noop_with_empty_axes", false)?;
+                    let axes = self.const_input_ints(&mut inputs, 1, "axes")?;
+                    if noop && axes.as_ref().is_none_or(|a| a.is_empty()) {
+                        return Err(Fail::Unsupported(
+                            "noop_with_empty_axes = 1 without axes is not supported".into(),
+                        ));
+                    }
+                    axes.filter(|a| !a.is_empty())
+                };
+                Op::ReduceSum { axes, keepdims }
+            }
+            (Domain::Onnx, "Clip") => {
+                if opset < 11 {
+                    if opset < 6 {
+                        return Err(Fail::Unsupported(format!(
+                            "Clip before opset 6 is not supported (the model imports {opset})"
+                        )));
+                    }
+                    Op::Clip {
+                        min: attrs.take("min", AttributeType::Float)?.map(|a| a.f),
+                        max: attrs.take("max", AttributeType::Float)?.map(|a| a.f),
+                    }
+                } else {
+                    let x = slots
+                        .first()
+                        .copied()
+                        .flatten()
+                        .ok_or_else(|| Fail::Invalid("input 'input' is required".into()))?;
+                    let min = self.const_input_f32(slots.get(1).copied().flatten(), "min")?;
+                    let max = self.const_input_f32(slots.get(2).copied().flatten(), "max")?;
+                    if slots.len() > 3 {
+                        return Err(Fail::Invalid(format!(
+                            "expects at most 3 inputs, has {}",
+                            slots.len()
+                        )));
+                    }
+                    inputs = vec![x];
+                    Op::Clip { min, max }
+                }
+            }
             (Domain::Onnx, "Where") => Op::Where,
             (Domain::Onnx, "Identity") => Op::Identity,
             (Domain::Onnx, "Cast") => {
@@ -615,6 +682,27 @@ impl Builder {
             self.names.insert(n, id);
         }
         Ok(())
+    }
+
+    /// The float32 scalar held by the constant `id` (`None` when the input is absent).
+    fn const_input_f32(&self, id: Option<ValueId>, what: &str) -> Result<Option<f32>, Fail> {
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let t = self.graph.constants.get(&id).ok_or_else(|| {
+            Fail::Unsupported(format!(
+                "input '{what}' ('{}') must be a constant",
+                self.graph.values[id].name
+            ))
+        })?;
+        match t.as_f32s() {
+            Some([v]) => Ok(Some(*v)),
+            _ => Err(Fail::Invalid(format!(
+                "input '{what}' must be one float32, is {} of shape {:?}",
+                t.dtype(),
+                t.shape
+            ))),
+        }
     }
 
     /// Removes input `i` (an int list that must be a constant) and returns its values.

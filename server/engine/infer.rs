@@ -205,6 +205,82 @@ fn infer_inner(graph: &Graph, op: &Op, inputs: &[ValueId]) -> Result<Vec<ValueTy
             same_dtype(0, 1)?;
             one(DType::Bool, broadcast_opt(&[shape(0), shape(1)])?)
         }
+        Op::Compare(_) => {
+            want_inputs(inputs, 2, 2)?;
+            same_dtype(0, 1)?;
+            if dt(0) == DType::Bool {
+                return Err(format!("input '{}' must be numeric, is bool", val(0).name));
+            }
+            one(DType::Bool, broadcast_opt(&[shape(0), shape(1)])?)
+        }
+        Op::Logical(_) => {
+            want_inputs(inputs, 2, 2)?;
+            for i in 0..2 {
+                if dt(i) != DType::Bool {
+                    return Err(format!(
+                        "input '{}' must be bool, is {}",
+                        val(i).name,
+                        dt(i)
+                    ));
+                }
+            }
+            one(DType::Bool, broadcast_opt(&[shape(0), shape(1)])?)
+        }
+        Op::Not => {
+            want_inputs(inputs, 1, 1)?;
+            if dt(0) != DType::Bool {
+                return Err(format!(
+                    "input '{}' must be bool, is {}",
+                    val(0).name,
+                    dt(0)
+                ));
+            }
+            one(DType::Bool, shape(0).clone())
+        }
+        Op::Range => {
+            want_inputs(inputs, 3, 3)?;
+            if !matches!(dt(0), DType::F32 | DType::I32 | DType::I64) {
+                return Err(format!(
+                    "input '{}' is {}, Range takes float32, int32 or int64",
+                    val(0).name,
+                    dt(0)
+                ));
+            }
+            same_dtype(0, 1)?;
+            same_dtype(0, 2)?;
+            for i in 0..3 {
+                if let Some(s) = shape(i) {
+                    if dims_product(s) != Dim::Known(1) {
+                        return Err(format!(
+                            "input '{}' must be a scalar, has shape {}",
+                            val(i).name,
+                            super::ir::shape_string(shape(i))
+                        ));
+                    }
+                }
+            }
+            let len = match (konst(0), konst(1), konst(2)) {
+                (Some(a), Some(b), Some(c)) => Dim::Known(super::reference::range(a, b, c)?.len()),
+                _ => Dim::Unknown,
+            };
+            one(dt(0), Some(vec![len]))
+        }
+        Op::Flatten { axis } => {
+            want_inputs(inputs, 1, 1)?;
+            let out = match shape(0) {
+                None => None,
+                Some(s) => {
+                    let r = s.len() as i64;
+                    let a = if *axis < 0 { axis + r } else { *axis };
+                    if a < 0 || a > r {
+                        return Err(format!("axis {axis} is out of range for rank {r}"));
+                    }
+                    let a = a as usize;
+                    Some(vec![dims_product(&s[..a]), dims_product(&s[a..])])
+                }
+            };
+            one(dt(0), out)
+        }
         Op::Where => {
             want_inputs(inputs, 3, 3)?;
             if dt(0) != DType::Bool {
@@ -505,33 +581,36 @@ fn infer_inner(graph: &Graph, op: &Op, inputs: &[ValueId]) -> Result<Vec<ValueTy
         Op::ReduceMean { axes, keepdims } => {
             want_inputs(inputs, 1, 1)?;
             need_float(0)?;
-            let out = match shape(0) {
-                None => None,
-                Some(s) => {
-                    let ax: Vec<usize> = match axes {
-                        Some(a) => a
-                            .iter()
-                            .map(|&a| norm_axis(a, s.len()))
-                            .collect::<Result<_, _>>()?,
-                        None => (0..s.len()).collect(),
-                    };
-                    Some(
-                        s.iter()
-                            .enumerate()
-                            .filter_map(|(i, d)| {
-                                if !ax.contains(&i) {
-                                    Some(d.clone())
-                                } else if *keepdims {
-                                    Some(Dim::Known(1))
-                                } else {
-                                    None
-                                }
-                            })
-                            .collect(),
-                    )
-                }
-            };
+            let out = shape(0)
+                .as_ref()
+                .map(|s| reduce_shape(s, axes.as_deref(), *keepdims))
+                .transpose()?;
             one(DType::F32, out)
+        }
+        Op::ReduceSum { axes, keepdims } => {
+            want_inputs(inputs, 1, 1)?;
+            if !matches!(dt(0), DType::F32 | DType::I32 | DType::I64) {
+                return Err(format!(
+                    "input '{}' is {}, ReduceSum takes float32, int32 or int64",
+                    val(0).name,
+                    dt(0)
+                ));
+            }
+            let out = shape(0)
+                .as_ref()
+                .map(|s| reduce_shape(s, axes.as_deref(), *keepdims))
+                .transpose()?;
+            one(dt(0), out)
+        }
+        Op::Clip { min, max } => {
+            want_inputs(inputs, 1, 1)?;
+            need_float(0)?;
+            if let (Some(lo), Some(hi)) = (min, max) {
+                if lo.is_nan() || hi.is_nan() {
+                    return Err("min and max must not be NaN".into());
+                }
+            }
+            one(DType::F32, shape(0).clone())
         }
         Op::Softmax { axis, .. } => {
             want_inputs(inputs, 1, 1)?;
@@ -654,6 +733,29 @@ fn infer_inner(graph: &Graph, op: &Op, inputs: &[ValueId]) -> Result<Vec<ValueTy
             one(value.dtype(), out)
         }
     }
+}
+
+/// The shape of a reduction over `axes` (`None`: every axis).
+fn reduce_shape(s: &[Dim], axes: Option<&[i64]>, keepdims: bool) -> Result<Shape, String> {
+    let ax: Vec<usize> = match axes {
+        Some(a) => a
+            .iter()
+            .map(|&a| norm_axis(a, s.len()))
+            .collect::<Result<_, _>>()?,
+        None => (0..s.len()).collect(),
+    };
+    Ok(s.iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            if !ax.contains(&i) {
+                Some(d.clone())
+            } else if keepdims {
+                Some(Dim::Known(1))
+            } else {
+                None
+            }
+        })
+        .collect())
 }
 
 /// `[start, end)` of `Shape` for a given rank, clamped as the operator defines.

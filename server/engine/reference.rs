@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use super::infer::{norm_axis, shape_range};
 use super::ir::{
-    element_count, Activation, BinaryOp, DType, Data, Dim, Graph, Op, Tensor, UnaryOp,
+    element_count, Activation, BinaryOp, CmpOp, DType, Data, Dim, Graph, LogicalOp, Op, Tensor,
+    UnaryOp, MAX_ELEMENTS,
 };
 use super::EngineError;
 
@@ -383,6 +384,225 @@ fn equal(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     })
 }
 
+/// [`Op::Compare`]: exact for integers, IEEE ordering (false for NaN) for floats.
+fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    let shape = broadcast(&a.shape, &b.shape)?;
+    let ia = broadcast_map(&shape, &a.shape);
+    let ib = broadcast_map(&shape, &b.shape);
+    fn cmp<T: PartialOrd>(op: CmpOp, x: &[T], ia: &[usize], y: &[T], ib: &[usize]) -> Vec<bool> {
+        ia.iter()
+            .zip(ib)
+            .map(|(&i, &j)| match op {
+                CmpOp::Greater => x[i] > y[j],
+                CmpOp::GreaterOrEqual => x[i] >= y[j],
+                CmpOp::Less => x[i] < y[j],
+                CmpOp::LessOrEqual => x[i] <= y[j],
+            })
+            .collect()
+    }
+    let v = match (&a.data, &b.data) {
+        (Data::F32(x), Data::F32(y)) => cmp(op, x, &ia, y, &ib),
+        (Data::F64(x), Data::F64(y)) => cmp(op, x, &ia, y, &ib),
+        (Data::I32(x), Data::I32(y)) => cmp(op, x, &ia, y, &ib),
+        (Data::I64(x), Data::I64(y)) => cmp(op, x, &ia, y, &ib),
+        _ => {
+            return Err(format!(
+                "{op:?} is not supported on {} and {}",
+                a.dtype(),
+                b.dtype()
+            ))
+        }
+    };
+    Ok(Tensor {
+        shape,
+        data: Data::Bool(v),
+    })
+}
+
+/// [`Op::Logical`] on two bool tensors.
+fn logical(op: LogicalOp, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    let (Data::Bool(x), Data::Bool(y)) = (&a.data, &b.data) else {
+        return Err(format!(
+            "inputs must be bool, are {} and {}",
+            a.dtype(),
+            b.dtype()
+        ));
+    };
+    let shape = broadcast(&a.shape, &b.shape)?;
+    let ia = broadcast_map(&shape, &a.shape);
+    let ib = broadcast_map(&shape, &b.shape);
+    let v = ia
+        .iter()
+        .zip(&ib)
+        .map(|(&i, &j)| match op {
+            LogicalOp::And => x[i] && y[j],
+            LogicalOp::Or => x[i] || y[j],
+            LogicalOp::Xor => x[i] != y[j],
+        })
+        .collect();
+    Ok(Tensor {
+        shape,
+        data: Data::Bool(v),
+    })
+}
+
+/// The one element of a scalar (or one-element) tensor.
+fn scalar<T: Copy>(v: &[T], what: &str) -> Result<T, String> {
+    match v {
+        [x] => Ok(*x),
+        _ => Err(format!("{what} must hold one element, holds {}", v.len())),
+    }
+}
+
+/// ONNX `Range`: `max(ceil((limit - start) / delta), 0)` elements `start, start + delta, …`
+/// (floats accumulate `delta` in float32, as ONNX Runtime does; integers are exact).
+pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> Result<Tensor, String> {
+    fn ints<T>(s: T, l: T, d: T) -> Result<Vec<T>, String>
+    where
+        T: Copy + Into<i128> + TryFrom<i128>,
+    {
+        let (s, l, d) = (s.into(), l.into(), d.into());
+        if d == 0 {
+            return Err("delta must not be 0".into());
+        }
+        let span = l - s;
+        // Ceiling division for either sign of delta.
+        let n = if (span > 0) == (d > 0) && span != 0 {
+            (span + d - d.signum()) / d
+        } else {
+            0
+        };
+        if n > MAX_ELEMENTS as i128 {
+            return Err(format!("Range of {n} elements is too large"));
+        }
+        (0..n)
+            .map(|i| T::try_from(s + i * d).map_err(|_| "Range overflows its type".to_string()))
+            .collect()
+    }
+    let data = match (&start.data, &limit.data, &delta.data) {
+        (Data::I64(s), Data::I64(l), Data::I64(d)) => Data::I64(ints(
+            scalar(s, "start")?,
+            scalar(l, "limit")?,
+            scalar(d, "delta")?,
+        )?),
+        (Data::I32(s), Data::I32(l), Data::I32(d)) => Data::I32(ints(
+            scalar(s, "start")?,
+            scalar(l, "limit")?,
+            scalar(d, "delta")?,
+        )?),
+        (Data::F32(s), Data::F32(l), Data::F32(d)) => {
+            let (s, l, d) = (
+                scalar(s, "start")?,
+                scalar(l, "limit")?,
+                scalar(d, "delta")?,
+            );
+            if d == 0.0 || !d.is_finite() || !s.is_finite() || !l.is_finite() {
+                return Err(format!(
+                    "start {s}, limit {l} and delta {d} must be finite, delta non-zero"
+                ));
+            }
+            let n = (((l - s) / d).ceil()).max(0.0);
+            if n > MAX_ELEMENTS as f32 {
+                return Err(format!("Range of {n} elements is too large"));
+            }
+            let mut v = Vec::with_capacity(n as usize);
+            let mut x = s;
+            for _ in 0..n as usize {
+                v.push(x);
+                x += d;
+            }
+            Data::F32(v)
+        }
+        _ => {
+            return Err(format!(
+                "start, limit and delta must all be float32, int32 or int64, are {}, {}, {}",
+                start.dtype(),
+                limit.dtype(),
+                delta.dtype()
+            ))
+        }
+    };
+    let n = data.len();
+    Tensor::new(vec![n], data)
+}
+
+/// The output shape and, for every input element, the flat index of its output element,
+/// of a reduction over `axes` (`None`: every axis).
+fn reduce_map(
+    shape: &[usize],
+    axes: Option<&[i64]>,
+    keepdims: bool,
+) -> Result<(Vec<usize>, Vec<usize>, usize), String> {
+    let rank = shape.len();
+    let ax: Vec<usize> = match axes {
+        Some(axes) => axes
+            .iter()
+            .map(|&x| norm_axis(x, rank))
+            .collect::<Result<_, _>>()?,
+        None => (0..rank).collect(),
+    };
+    let kept: Vec<usize> = (0..rank)
+        .map(|d| if ax.contains(&d) { 1 } else { shape[d] })
+        .collect();
+    let map = broadcast_map(shape, &kept);
+    let out_len = kept.iter().product();
+    let out_shape = if keepdims {
+        kept
+    } else {
+        (0..rank)
+            .filter(|d| !ax.contains(d))
+            .map(|d| shape[d])
+            .collect()
+    };
+    Ok((out_shape, map, out_len))
+}
+
+/// [`Op::ReduceSum`]: floats accumulate in f64 (like [`Op::ReduceMean`]); integers wrap.
+fn reduce_sum(a: &Tensor, axes: Option<&[i64]>, keepdims: bool) -> Result<Tensor, String> {
+    let (shape, map, n) = reduce_map(&a.shape, axes, keepdims)?;
+    let data = match &a.data {
+        Data::F32(v) => {
+            let mut sums = vec![0f64; n];
+            for (x, &m) in v.iter().zip(&map) {
+                sums[m] += *x as f64;
+            }
+            Data::F32(sums.into_iter().map(|s| s as f32).collect())
+        }
+        Data::I64(v) => {
+            let mut sums = vec![0i64; n];
+            for (x, &m) in v.iter().zip(&map) {
+                sums[m] = sums[m].wrapping_add(*x);
+            }
+            Data::I64(sums)
+        }
+        Data::I32(v) => {
+            let mut sums = vec![0i32; n];
+            for (x, &m) in v.iter().zip(&map) {
+                sums[m] = sums[m].wrapping_add(*x);
+            }
+            Data::I32(sums)
+        }
+        d => return Err(format!("ReduceSum is not supported on {}", d.dtype())),
+    };
+    Tensor::new(shape, data)
+}
+
+/// [`Op::Clip`]: `min` then `max`, each only when present; NaN stays NaN.
+pub(crate) fn clip(x: f32, min: Option<f32>, max: Option<f32>) -> f32 {
+    let mut y = x;
+    if let Some(lo) = min {
+        if y < lo {
+            y = lo;
+        }
+    }
+    if let Some(hi) = max {
+        if y > hi {
+            y = hi;
+        }
+    }
+    y
+}
+
 fn cast(t: &Tensor, to: DType) -> Tensor {
     // Through f64, which holds every f32, i32 and (for the magnitudes shape maths uses) i64
     // exactly; float → int truncates toward zero and saturates, as ONNX Runtime's casts do.
@@ -735,6 +955,42 @@ pub fn eval(op: &Op, x: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         }
         Op::Binary(b) => one(binary(*b, arg(0)?, arg(1)?)?),
         Op::Equal => one(equal(arg(0)?, arg(1)?)?),
+        Op::Compare(c) => one(compare(*c, arg(0)?, arg(1)?)?),
+        Op::Logical(l) => one(logical(*l, arg(0)?, arg(1)?)?),
+        Op::Not => {
+            let a = arg(0)?;
+            let Data::Bool(v) = &a.data else {
+                return Err(format!("input must be bool, is {}", a.dtype()));
+            };
+            one(Tensor {
+                shape: a.shape.clone(),
+                data: Data::Bool(v.iter().map(|b| !b).collect()),
+            })
+        }
+        Op::Range => one(range(arg(0)?, arg(1)?, arg(2)?)?),
+        Op::Flatten { axis } => {
+            let a = arg(0)?;
+            let r = a.shape.len() as i64;
+            let ax = if *axis < 0 { axis + r } else { *axis };
+            if ax < 0 || ax > r {
+                return Err(format!("axis {axis} is out of range for rank {r}"));
+            }
+            let ax = ax as usize;
+            let outer: usize = a.shape[..ax].iter().product();
+            let inner: usize = a.shape[ax..].iter().product();
+            one(Tensor::new(vec![outer, inner], a.data.clone())?)
+        }
+        Op::ReduceSum { axes, keepdims } => one(reduce_sum(arg(0)?, axes.as_deref(), *keepdims)?),
+        Op::Clip { min, max } => {
+            let a = arg(0)?;
+            one(Tensor::f32(
+                a.shape.clone(),
+                f32s(a, "input")?
+                    .iter()
+                    .map(|&v| clip(v, *min, *max))
+                    .collect(),
+            )?)
+        }
         Op::Where => {
             let (c, a, b) = (arg(0)?, arg(1)?, arg(2)?);
             let Data::Bool(cv) = &c.data else {
