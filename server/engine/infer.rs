@@ -948,3 +948,125 @@ fn slice_shape<'a>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ir::{CmpOp, LogicalOp, Tensor};
+
+    fn sym(s: &str) -> Dim {
+        Dim::Sym(s.into())
+    }
+
+    #[test]
+    fn new_ops_infer_dtype_and_symbolic_shape() {
+        let mut g = Graph::default();
+        let x = g.add_value(
+            "x",
+            DType::I64,
+            Some(vec![sym("batch"), Dim::Known(1), sym("seq")]),
+        );
+        let y = g.add_value("y", DType::I64, Some(vec![sym("seq")]));
+        let f = g.add_value(
+            "f",
+            DType::F32,
+            Some(vec![sym("batch"), sym("seq"), Dim::Known(8)]),
+        );
+        let ty = |g: &Graph, op: Op, ins: Vec<ValueId>| {
+            infer_node(g, "n", &op, &ins).map(|mut v| v.remove(0))
+        };
+        let (dt, s) = ty(&g, Op::Compare(CmpOp::Less), vec![x, y]).unwrap();
+        assert_eq!(
+            (dt, s),
+            (
+                DType::Bool,
+                Some(vec![sym("batch"), Dim::Known(1), sym("seq")])
+            )
+        );
+        assert!(
+            ty(&g, Op::Compare(CmpOp::Less), vec![x, f]).is_err(),
+            "dtypes differ"
+        );
+        let b = g.add_value("b", DType::Bool, Some(vec![Dim::Known(4), Dim::Known(1)]));
+        let (dt, s) = ty(&g, Op::Logical(LogicalOp::Or), vec![b, b]).unwrap();
+        assert_eq!(
+            (dt, s),
+            (DType::Bool, Some(vec![Dim::Known(4), Dim::Known(1)]))
+        );
+        assert!(ty(&g, Op::Logical(LogicalOp::And), vec![b, x]).is_err());
+        assert!(ty(&g, Op::Not, vec![x]).is_err());
+        let (_, s) = ty(&g, Op::Flatten { axis: 1 }, vec![f]).unwrap();
+        assert_eq!(s, Some(vec![sym("batch"), Dim::Unknown]));
+        let (_, s) = ty(&g, Op::Flatten { axis: 0 }, vec![f]).unwrap();
+        assert_eq!(s, Some(vec![Dim::Known(1), Dim::Unknown]));
+        let (_, s) = ty(&g, Op::Flatten { axis: 2 }, vec![x]).unwrap();
+        assert_eq!(s, Some(vec![sym("batch"), sym("seq")]));
+        let (dt, s) = ty(
+            &g,
+            Op::ReduceSum {
+                axes: Some(vec![1]),
+                keepdims: false,
+            },
+            vec![f],
+        )
+        .unwrap();
+        assert_eq!(
+            (dt, s),
+            (DType::F32, Some(vec![sym("batch"), Dim::Known(8)]))
+        );
+        let (dt, _) = ty(
+            &g,
+            Op::ReduceSum {
+                axes: None,
+                keepdims: true,
+            },
+            vec![x],
+        )
+        .unwrap();
+        assert_eq!(dt, DType::I64);
+        assert!(ty(
+            &g,
+            Op::ReduceSum {
+                axes: None,
+                keepdims: true
+            },
+            vec![b]
+        )
+        .is_err());
+        assert!(
+            ty(
+                &g,
+                Op::Clip {
+                    min: Some(0.0),
+                    max: None
+                },
+                vec![x]
+            )
+            .is_err(),
+            "float only"
+        );
+        let (_, s) = ty(
+            &g,
+            Op::Clip {
+                min: Some(0.0),
+                max: None,
+            },
+            vec![f],
+        )
+        .unwrap();
+        assert_eq!(s, g.values[f].shape);
+        // Range: exact length from constants, unknown otherwise.
+        let c = |g: &mut Graph, v: i64| g.add_constant("c", Tensor::i64(vec![], vec![v]).unwrap());
+        let (s0, l, d) = (c(&mut g, 10), c(&mut g, 0), c(&mut g, -3));
+        let (dt, s) = ty(&g, Op::Range, vec![s0, l, d]).unwrap();
+        assert_eq!((dt, s), (DType::I64, Some(vec![Dim::Known(4)])));
+        let n = g.add_value("n", DType::I64, Some(vec![]));
+        let (_, s) = ty(&g, Op::Range, vec![l, n, d]).unwrap();
+        assert_eq!(s, Some(vec![Dim::Unknown]));
+        assert!(
+            ty(&g, Op::Range, vec![l, y, d]).is_err(),
+            "limit is not a scalar"
+        );
+        assert!(ty(&g, Op::Range, vec![l, f, d]).is_err(), "dtypes differ");
+    }
+}

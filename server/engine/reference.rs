@@ -1491,4 +1491,154 @@ mod tests {
         let g = eval(&Op::Gather { axis: 0 }, &[&a, &q]).unwrap().remove(0);
         assert_eq!(g.as_i64s().unwrap(), vec![3, 4, 5, 3, 4, 5]);
     }
+
+    #[test]
+    fn range_counts_and_negative_delta() {
+        let i = |v: i64| Tensor::i64(vec![], vec![v]).unwrap();
+        let r = eval(&Op::Range, &[&i(0), &i(5), &i(2)]).unwrap().remove(0);
+        assert_eq!(
+            (r.shape.clone(), r.as_i64s().unwrap()),
+            (vec![3], vec![0, 2, 4])
+        );
+        let r = eval(&Op::Range, &[&i(10), &i(4), &i(-3)])
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.as_i64s().unwrap(), vec![10, 7]);
+        let r = eval(&Op::Range, &[&i(3), &i(3), &i(1)]).unwrap().remove(0);
+        assert_eq!(r.shape, vec![0]);
+        let r = eval(&Op::Range, &[&i(0), &i(5), &i(-1)]).unwrap().remove(0);
+        assert_eq!(r.shape, vec![0]);
+        assert!(eval(&Op::Range, &[&i(0), &i(5), &i(0)]).is_err());
+        let f = |v: f32| Tensor::f32(vec![], vec![v]).unwrap();
+        let r = eval(&Op::Range, &[&f(1.0), &f(-1.0), &f(-0.5)])
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.as_f32s().unwrap(), &[1.0, 0.5, 0.0, -0.5]);
+        let r32 = Tensor::new(vec![], Data::I32(vec![2])).unwrap();
+        assert!(
+            eval(&Op::Range, &[&r32, &i(5), &i(1)]).is_err(),
+            "mixed dtypes"
+        );
+    }
+
+    #[test]
+    fn compare_and_logical_broadcast() {
+        let a = Tensor::i64(vec![2, 1], vec![1, 3]).unwrap();
+        let b = Tensor::i64(vec![3], vec![1, 2, 3]).unwrap();
+        let bools = |t: Tensor| match t.data {
+            Data::Bool(v) => (t.shape, v),
+            d => panic!("not bool: {d:?}"),
+        };
+        let ge = eval(&Op::Compare(CmpOp::GreaterOrEqual), &[&a, &b])
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            bools(ge),
+            (vec![2, 3], vec![true, false, false, true, true, true])
+        );
+        let lt = eval(&Op::Compare(CmpOp::Less), &[&a, &b])
+            .unwrap()
+            .remove(0);
+        assert_eq!(bools(lt).1, vec![false, true, true, false, false, false]);
+        let x = Tensor::f32(vec![2], vec![0.5, f32::NAN]).unwrap();
+        let y = Tensor::f32(vec![], vec![0.5]).unwrap();
+        let gt = eval(&Op::Compare(CmpOp::Greater), &[&x, &y])
+            .unwrap()
+            .remove(0);
+        assert_eq!(bools(gt).1, vec![false, false]);
+        let le = eval(&Op::Compare(CmpOp::LessOrEqual), &[&x, &y])
+            .unwrap()
+            .remove(0);
+        assert_eq!(bools(le).1, vec![true, false]);
+        let p = Tensor::new(vec![2, 1], Data::Bool(vec![true, false])).unwrap();
+        let q = Tensor::new(vec![2], Data::Bool(vec![true, false])).unwrap();
+        for (op, want) in [
+            (LogicalOp::And, vec![true, false, false, false]),
+            (LogicalOp::Or, vec![true, true, true, false]),
+            (LogicalOp::Xor, vec![false, true, true, false]),
+        ] {
+            let r = eval(&Op::Logical(op), &[&p, &q]).unwrap().remove(0);
+            assert_eq!(bools(r), (vec![2, 2], want), "{op:?}");
+        }
+        let n = eval(&Op::Not, &[&q]).unwrap().remove(0);
+        assert_eq!(bools(n).1, vec![false, true]);
+        assert!(eval(&Op::Logical(LogicalOp::And), &[&a, &a]).is_err());
+    }
+
+    #[test]
+    fn flatten_reduce_sum_clip() {
+        let a = Tensor::i64(vec![2, 3, 2], (0..12).collect()).unwrap();
+        let f = eval(&Op::Flatten { axis: 2 }, &[&a]).unwrap().remove(0);
+        assert_eq!(f.shape, vec![6, 2]);
+        let f = eval(&Op::Flatten { axis: 0 }, &[&a]).unwrap().remove(0);
+        assert_eq!(f.shape, vec![1, 12]);
+        let f = eval(&Op::Flatten { axis: -3 }, &[&a]).unwrap().remove(0);
+        assert_eq!(f.shape, vec![1, 12]);
+        assert!(eval(&Op::Flatten { axis: 4 }, &[&a]).is_err());
+        let s = eval(
+            &Op::ReduceSum {
+                axes: Some(vec![1]),
+                keepdims: false,
+            },
+            &[&a],
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(
+            (s.shape.clone(), s.as_i64s().unwrap()),
+            (vec![2, 2], vec![6, 9, 24, 27])
+        );
+        let x = Tensor::f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.5]).unwrap();
+        let s = eval(
+            &Op::ReduceSum {
+                axes: None,
+                keepdims: true,
+            },
+            &[&x],
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(
+            (s.shape.clone(), s.as_f32s().unwrap()),
+            (vec![1, 1], &[10.5f32][..])
+        );
+        let s = eval(
+            &Op::ReduceSum {
+                axes: Some(vec![-1]),
+                keepdims: true,
+            },
+            &[&x],
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(
+            (s.shape.clone(), s.as_f32s().unwrap()),
+            (vec![2, 1], &[3.0f32, 7.5][..])
+        );
+        let x = Tensor::f32(vec![4], vec![-1.0, 1e-12, 5.0, f32::NAN]).unwrap();
+        let c = eval(
+            &Op::Clip {
+                min: Some(1e-9),
+                max: None,
+            },
+            &[&x],
+        )
+        .unwrap()
+        .remove(0);
+        let v = c.as_f32s().unwrap();
+        assert_eq!(&v[..3], &[1e-9, 1e-9, 5.0]);
+        assert!(v[3].is_nan());
+        let c = eval(
+            &Op::Clip {
+                min: None,
+                max: Some(0.0),
+            },
+            &[&x],
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(&c.as_f32s().unwrap()[..3], &[-1.0, 0.0, 0.0]);
+        // min > max: everything becomes max, as ONNX Runtime does.
+        assert_eq!(clip(0.5, Some(2.0), Some(1.0)), 1.0);
+    }
 }
