@@ -11,7 +11,8 @@ use std::collections::{HashMap, HashSet};
 use prost::Message;
 
 use super::ir::{
-    Activation, BinaryOp, DType, Data, Dim, Gemm, Graph, Op, Shape, Tensor, UnaryOp, ValueId,
+    Activation, BinaryOp, CmpOp, DType, Data, Dim, Gemm, Graph, LogicalOp, Op, Shape, Tensor,
+    UnaryOp, ValueId,
 };
 use super::EngineError;
 use crate::proto::onnx::{self as pb, attribute_proto::AttributeType, type_proto};
@@ -377,23 +378,32 @@ impl Builder {
                 }
             )));
         }
-        // Inputs: "" marks an absent optional input; only trailing ones can be dropped.
-        let mut inputs = Vec::new();
+        // Inputs: "" marks an absent optional input. Trailing ones are dropped; one followed by
+        // present inputs is only understood by operators that read `slots` themselves (Clip).
         let last_present = node
             .input
             .iter()
             .rposition(|s| !s.is_empty())
             .map_or(0, |p| p + 1);
-        for (i, n) in node.input[..last_present].iter().enumerate() {
+        let mut slots: Vec<Option<ValueId>> = Vec::with_capacity(last_present);
+        for n in &node.input[..last_present] {
             if n.is_empty() {
-                return Err(Fail::Unsupported(format!(
-                    "absent optional input {i} followed by present ones"
-                )));
+                slots.push(None);
+                continue;
             }
             let id = *self.names.get(n).ok_or_else(|| {
                 Fail::Invalid(format!("input '{n}' is not defined before this node"))
             })?;
-            inputs.push(id);
+            slots.push(Some(id));
+        }
+        let mut inputs: Vec<ValueId> = slots.iter().flatten().copied().collect();
+        let gaps_allowed = domain == Domain::Onnx && node.op_type == "Clip";
+        if let Some(i) = slots.iter().position(Option::is_none) {
+            if !gaps_allowed {
+                return Err(Fail::Unsupported(format!(
+                    "absent optional input {i} followed by present ones"
+                )));
+            }
         }
         let last_out = node
             .output
@@ -450,6 +460,63 @@ impl Builder {
             (Domain::Onnx, "Div") => Op::Binary(BinaryOp::Div),
             (Domain::Onnx, "Pow") => Op::Binary(BinaryOp::Pow),
             (Domain::Onnx, "Equal") => Op::Equal,
+            (Domain::Onnx, "Greater") => Op::Compare(CmpOp::Greater),
+            (Domain::Onnx, "GreaterOrEqual") => Op::Compare(CmpOp::GreaterOrEqual),
+            (Domain::Onnx, "Less") => Op::Compare(CmpOp::Less),
+            (Domain::Onnx, "LessOrEqual") => Op::Compare(CmpOp::LessOrEqual),
+            (Domain::Onnx, "And") => Op::Logical(LogicalOp::And),
+            (Domain::Onnx, "Or") => Op::Logical(LogicalOp::Or),
+            (Domain::Onnx, "Xor") => Op::Logical(LogicalOp::Xor),
+            (Domain::Onnx, "Not") => Op::Not,
+            (Domain::Onnx, "Range") => Op::Range,
+            (Domain::Onnx, "Flatten") => Op::Flatten {
+                axis: attrs.int("axis", 1)?,
+            },
+            (Domain::Onnx, "ReduceSum") => {
+                let keepdims = attrs.bool("keepdims", true)?;
+                let axes = if opset < 13 {
+                    attrs.ints("axes")?
+                } else {
+                    let noop = attrs.bool("noop_with_empty_axes", false)?;
+                    let axes = self.const_input_ints(&mut inputs, 1, "axes")?;
+                    if noop && axes.as_ref().is_none_or(|a| a.is_empty()) {
+                        return Err(Fail::Unsupported(
+                            "noop_with_empty_axes = 1 without axes is not supported".into(),
+                        ));
+                    }
+                    axes.filter(|a| !a.is_empty())
+                };
+                Op::ReduceSum { axes, keepdims }
+            }
+            (Domain::Onnx, "Clip") => {
+                if opset < 11 {
+                    if opset < 6 {
+                        return Err(Fail::Unsupported(format!(
+                            "Clip before opset 6 is not supported (the model imports {opset})"
+                        )));
+                    }
+                    Op::Clip {
+                        min: attrs.take("min", AttributeType::Float)?.map(|a| a.f),
+                        max: attrs.take("max", AttributeType::Float)?.map(|a| a.f),
+                    }
+                } else {
+                    let x = slots
+                        .first()
+                        .copied()
+                        .flatten()
+                        .ok_or_else(|| Fail::Invalid("input 'input' is required".into()))?;
+                    let min = self.const_input_f32(slots.get(1).copied().flatten(), "min")?;
+                    let max = self.const_input_f32(slots.get(2).copied().flatten(), "max")?;
+                    if slots.len() > 3 {
+                        return Err(Fail::Invalid(format!(
+                            "expects at most 3 inputs, has {}",
+                            slots.len()
+                        )));
+                    }
+                    inputs = vec![x];
+                    Op::Clip { min, max }
+                }
+            }
             (Domain::Onnx, "Where") => Op::Where,
             (Domain::Onnx, "Identity") => Op::Identity,
             (Domain::Onnx, "Cast") => {
@@ -615,6 +682,27 @@ impl Builder {
             self.names.insert(n, id);
         }
         Ok(())
+    }
+
+    /// The float32 scalar held by the constant `id` (`None` when the input is absent).
+    fn const_input_f32(&self, id: Option<ValueId>, what: &str) -> Result<Option<f32>, Fail> {
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let t = self.graph.constants.get(&id).ok_or_else(|| {
+            Fail::Unsupported(format!(
+                "input '{what}' ('{}') must be a constant",
+                self.graph.values[id].name
+            ))
+        })?;
+        match t.as_f32s() {
+            Some([v]) => Ok(Some(*v)),
+            _ => Err(Fail::Invalid(format!(
+                "input '{what}' must be one float32, is {} of shape {:?}",
+                t.dtype(),
+                t.shape
+            ))),
+        }
     }
 
     /// Removes input `i` (an int list that must be a constant) and returns its values.
@@ -848,5 +936,228 @@ mod tests {
         let g = import_model(&model(vec![mk_node("Relu", "r", vec![])], 17)).unwrap();
         let y = &g.values[g.outputs[0]];
         assert_eq!(y.shape, Some(vec![Dim::Sym("batch".into()), Dim::Known(4)]));
+    }
+
+    /// `model(node)` at `opset` with float32 scalar initializers `lo`, `hi`, `ax` (int64 `[1]`
+    /// holding 1) added.
+    fn with_inits(node: pb::NodeProto, opset: i64) -> pb::ModelProto {
+        let mut m = pb::ModelProto::decode(&model(vec![node], opset)[..]).unwrap();
+        let graph = m.graph.as_mut().unwrap();
+        for (name, v) in [("lo", 0.25f32), ("hi", 2.0)] {
+            graph.initializer.push(pb::TensorProto {
+                name: name.into(),
+                data_type: 1,
+                float_data: vec![v],
+                ..Default::default()
+            });
+        }
+        graph.initializer.push(pb::TensorProto {
+            name: "ax".into(),
+            dims: vec![1],
+            data_type: 7,
+            int64_data: vec![1],
+            ..Default::default()
+        });
+        m
+    }
+
+    fn with_inputs(op: &str, inputs: &[&str], attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+        let mut n = mk_node(op, "n7", attrs);
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n
+    }
+
+    #[test]
+    fn clip_bounds_are_constant_inputs_and_empty_names_are_absent() {
+        let g = import_proto(&with_inits(
+            with_inputs("Clip", &["x", "lo", ""], vec![]),
+            17,
+        ))
+        .unwrap();
+        assert_eq!(
+            g.nodes[0].op,
+            Op::Clip {
+                min: Some(0.25),
+                max: None
+            }
+        );
+        assert_eq!(g.nodes[0].inputs.len(), 1);
+        let g = import_proto(&with_inits(
+            with_inputs("Clip", &["x", "", "hi"], vec![]),
+            17,
+        ))
+        .unwrap();
+        assert_eq!(
+            g.nodes[0].op,
+            Op::Clip {
+                min: None,
+                max: Some(2.0)
+            }
+        );
+        let g = import_proto(&with_inits(with_inputs("Clip", &["x"], vec![]), 13)).unwrap();
+        assert_eq!(
+            g.nodes[0].op,
+            Op::Clip {
+                min: None,
+                max: None
+            }
+        );
+        // A bound computed at run time is refused, naming the node.
+        let (op, node, reason) = expect_unsupported(
+            &with_inits(with_inputs("Clip", &["x", "x"], vec![]), 17).encode_to_vec(),
+        );
+        assert_eq!((op.as_str(), node.as_str()), ("Clip", "n7"));
+        assert!(
+            reason.contains("'min'") && reason.contains("constant"),
+            "{reason}"
+        );
+        // Opset 6: attributes.
+        let min = pb::AttributeProto {
+            name: "min".into(),
+            r#type: AttributeType::Float as i32,
+            f: -1.5,
+            ..Default::default()
+        };
+        let g = import_model(&model(vec![mk_node("Clip", "c", vec![min])], 6)).unwrap();
+        assert_eq!(
+            g.nodes[0].op,
+            Op::Clip {
+                min: Some(-1.5),
+                max: None
+            }
+        );
+        // Other operators still refuse a gap followed by present inputs.
+        let (_, _, reason) = expect_unsupported(
+            &with_inits(with_inputs("Add", &["", "x"], vec![]), 17).encode_to_vec(),
+        );
+        assert!(reason.contains("absent optional input 0"), "{reason}");
+    }
+
+    #[test]
+    fn reduce_sum_axes_input_moves_into_the_attribute() {
+        let keep0 = pb::AttributeProto {
+            name: "keepdims".into(),
+            r#type: AttributeType::Int as i32,
+            i: 0,
+            ..Default::default()
+        };
+        let g = import_proto(&with_inits(
+            with_inputs("ReduceSum", &["x", "ax"], vec![keep0.clone()]),
+            17,
+        ))
+        .unwrap();
+        assert_eq!(
+            g.nodes[0].op,
+            Op::ReduceSum {
+                axes: Some(vec![1]),
+                keepdims: false
+            }
+        );
+        assert_eq!(g.nodes[0].inputs.len(), 1);
+        assert_eq!(
+            g.values[g.outputs[0]].shape,
+            Some(vec![Dim::Sym("batch".into())])
+        );
+        // No axes: every axis.
+        let g = import_proto(&with_inits(with_inputs("ReduceSum", &["x"], vec![]), 17)).unwrap();
+        assert_eq!(
+            g.nodes[0].op,
+            Op::ReduceSum {
+                axes: None,
+                keepdims: true
+            }
+        );
+        // noop_with_empty_axes without axes is refused.
+        let noop = pb::AttributeProto {
+            name: "noop_with_empty_axes".into(),
+            r#type: AttributeType::Int as i32,
+            i: 1,
+            ..Default::default()
+        };
+        let (_, node, reason) = expect_unsupported(
+            &with_inits(with_inputs("ReduceSum", &["x"], vec![noop]), 17).encode_to_vec(),
+        );
+        assert_eq!(node, "n7");
+        assert!(reason.contains("noop_with_empty_axes"), "{reason}");
+        // Axes computed at run time are refused.
+        let (_, _, reason) = expect_unsupported(
+            &with_inits(with_inputs("ReduceSum", &["x", "x"], vec![]), 17).encode_to_vec(),
+        );
+        assert!(reason.contains("'axes'"), "{reason}");
+        // Opset 11: the attribute form.
+        let axes = pb::AttributeProto {
+            name: "axes".into(),
+            r#type: AttributeType::Ints as i32,
+            ints: vec![-1],
+            ..Default::default()
+        };
+        let g = import_model(&model(
+            vec![mk_node("ReduceSum", "r", vec![axes, keep0])],
+            11,
+        ))
+        .unwrap();
+        assert_eq!(
+            g.nodes[0].op,
+            Op::ReduceSum {
+                axes: Some(vec![-1]),
+                keepdims: false
+            }
+        );
+    }
+
+    #[test]
+    fn comparisons_logic_range_and_flatten_import() {
+        for (name, op) in [
+            ("Greater", Op::Compare(CmpOp::Greater)),
+            ("GreaterOrEqual", Op::Compare(CmpOp::GreaterOrEqual)),
+            ("Less", Op::Compare(CmpOp::Less)),
+            ("LessOrEqual", Op::Compare(CmpOp::LessOrEqual)),
+        ] {
+            let mut m = with_inits(with_inputs(name, &["x", "lo"], vec![]), 17);
+            // The graph output is bool.
+            let out = &mut m.graph.as_mut().unwrap().output[0];
+            if let Some(pb::TypeProto {
+                value: Some(type_proto::Value::TensorType(t)),
+                ..
+            }) = out.r#type.as_mut()
+            {
+                t.elem_type = 9;
+            }
+            let g = import_proto(&m).unwrap();
+            assert_eq!(g.nodes[0].op, op);
+            assert_eq!(g.values[g.outputs[0]].dtype, DType::Bool);
+        }
+        let axis = pb::AttributeProto {
+            name: "axis".into(),
+            r#type: AttributeType::Int as i32,
+            i: 0,
+            ..Default::default()
+        };
+        let mut m = with_inits(mk_node("Flatten", "f", vec![axis]), 17);
+        m.graph.as_mut().unwrap().output[0].r#type = None;
+        let g = import_proto(&m).unwrap();
+        assert_eq!(g.nodes[0].op, Op::Flatten { axis: 0 });
+        assert_eq!(
+            g.values[g.outputs[0]].shape,
+            Some(vec![Dim::Known(1), Dim::Unknown])
+        );
+        let mut m = with_inits(with_inputs("Range", &["lo", "hi", "lo"], vec![]), 17);
+        m.graph.as_mut().unwrap().output[0].r#type = None;
+        let g = import_proto(&m).unwrap();
+        assert_eq!(g.nodes[0].op, Op::Range);
+        assert_eq!(g.values[g.outputs[0]].shape, Some(vec![Dim::Known(7)]));
+        for (name, op) in [
+            ("And", LogicalOp::And),
+            ("Or", LogicalOp::Or),
+            ("Xor", LogicalOp::Xor),
+        ] {
+            assert!(
+                matches!(
+                    import_model(&model(vec![with_inputs(name, &["x", "x"], vec![])], 17)),
+                    Err(EngineError::InvalidNode { .. })
+                ),
+                "{op:?} on float inputs"
+            );
+        }
     }
 }

@@ -205,6 +205,82 @@ fn infer_inner(graph: &Graph, op: &Op, inputs: &[ValueId]) -> Result<Vec<ValueTy
             same_dtype(0, 1)?;
             one(DType::Bool, broadcast_opt(&[shape(0), shape(1)])?)
         }
+        Op::Compare(_) => {
+            want_inputs(inputs, 2, 2)?;
+            same_dtype(0, 1)?;
+            if dt(0) == DType::Bool {
+                return Err(format!("input '{}' must be numeric, is bool", val(0).name));
+            }
+            one(DType::Bool, broadcast_opt(&[shape(0), shape(1)])?)
+        }
+        Op::Logical(_) => {
+            want_inputs(inputs, 2, 2)?;
+            for i in 0..2 {
+                if dt(i) != DType::Bool {
+                    return Err(format!(
+                        "input '{}' must be bool, is {}",
+                        val(i).name,
+                        dt(i)
+                    ));
+                }
+            }
+            one(DType::Bool, broadcast_opt(&[shape(0), shape(1)])?)
+        }
+        Op::Not => {
+            want_inputs(inputs, 1, 1)?;
+            if dt(0) != DType::Bool {
+                return Err(format!(
+                    "input '{}' must be bool, is {}",
+                    val(0).name,
+                    dt(0)
+                ));
+            }
+            one(DType::Bool, shape(0).clone())
+        }
+        Op::Range => {
+            want_inputs(inputs, 3, 3)?;
+            if !matches!(dt(0), DType::F32 | DType::I32 | DType::I64) {
+                return Err(format!(
+                    "input '{}' is {}, Range takes float32, int32 or int64",
+                    val(0).name,
+                    dt(0)
+                ));
+            }
+            same_dtype(0, 1)?;
+            same_dtype(0, 2)?;
+            for i in 0..3 {
+                if let Some(s) = shape(i) {
+                    if dims_product(s) != Dim::Known(1) {
+                        return Err(format!(
+                            "input '{}' must be a scalar, has shape {}",
+                            val(i).name,
+                            super::ir::shape_string(shape(i))
+                        ));
+                    }
+                }
+            }
+            let len = match (konst(0), konst(1), konst(2)) {
+                (Some(a), Some(b), Some(c)) => Dim::Known(super::reference::range(a, b, c)?.len()),
+                _ => Dim::Unknown,
+            };
+            one(dt(0), Some(vec![len]))
+        }
+        Op::Flatten { axis } => {
+            want_inputs(inputs, 1, 1)?;
+            let out = match shape(0) {
+                None => None,
+                Some(s) => {
+                    let r = s.len() as i64;
+                    let a = if *axis < 0 { axis + r } else { *axis };
+                    if a < 0 || a > r {
+                        return Err(format!("axis {axis} is out of range for rank {r}"));
+                    }
+                    let a = a as usize;
+                    Some(vec![dims_product(&s[..a]), dims_product(&s[a..])])
+                }
+            };
+            one(dt(0), out)
+        }
         Op::Where => {
             want_inputs(inputs, 3, 3)?;
             if dt(0) != DType::Bool {
@@ -505,33 +581,36 @@ fn infer_inner(graph: &Graph, op: &Op, inputs: &[ValueId]) -> Result<Vec<ValueTy
         Op::ReduceMean { axes, keepdims } => {
             want_inputs(inputs, 1, 1)?;
             need_float(0)?;
-            let out = match shape(0) {
-                None => None,
-                Some(s) => {
-                    let ax: Vec<usize> = match axes {
-                        Some(a) => a
-                            .iter()
-                            .map(|&a| norm_axis(a, s.len()))
-                            .collect::<Result<_, _>>()?,
-                        None => (0..s.len()).collect(),
-                    };
-                    Some(
-                        s.iter()
-                            .enumerate()
-                            .filter_map(|(i, d)| {
-                                if !ax.contains(&i) {
-                                    Some(d.clone())
-                                } else if *keepdims {
-                                    Some(Dim::Known(1))
-                                } else {
-                                    None
-                                }
-                            })
-                            .collect(),
-                    )
-                }
-            };
+            let out = shape(0)
+                .as_ref()
+                .map(|s| reduce_shape(s, axes.as_deref(), *keepdims))
+                .transpose()?;
             one(DType::F32, out)
+        }
+        Op::ReduceSum { axes, keepdims } => {
+            want_inputs(inputs, 1, 1)?;
+            if !matches!(dt(0), DType::F32 | DType::I32 | DType::I64) {
+                return Err(format!(
+                    "input '{}' is {}, ReduceSum takes float32, int32 or int64",
+                    val(0).name,
+                    dt(0)
+                ));
+            }
+            let out = shape(0)
+                .as_ref()
+                .map(|s| reduce_shape(s, axes.as_deref(), *keepdims))
+                .transpose()?;
+            one(dt(0), out)
+        }
+        Op::Clip { min, max } => {
+            want_inputs(inputs, 1, 1)?;
+            need_float(0)?;
+            if let (Some(lo), Some(hi)) = (min, max) {
+                if lo.is_nan() || hi.is_nan() {
+                    return Err("min and max must not be NaN".into());
+                }
+            }
+            one(DType::F32, shape(0).clone())
         }
         Op::Softmax { axis, .. } => {
             want_inputs(inputs, 1, 1)?;
@@ -654,6 +733,29 @@ fn infer_inner(graph: &Graph, op: &Op, inputs: &[ValueId]) -> Result<Vec<ValueTy
             one(value.dtype(), out)
         }
     }
+}
+
+/// The shape of a reduction over `axes` (`None`: every axis).
+fn reduce_shape(s: &[Dim], axes: Option<&[i64]>, keepdims: bool) -> Result<Shape, String> {
+    let ax: Vec<usize> = match axes {
+        Some(a) => a
+            .iter()
+            .map(|&a| norm_axis(a, s.len()))
+            .collect::<Result<_, _>>()?,
+        None => (0..s.len()).collect(),
+    };
+    Ok(s.iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            if !ax.contains(&i) {
+                Some(d.clone())
+            } else if keepdims {
+                Some(Dim::Known(1))
+            } else {
+                None
+            }
+        })
+        .collect())
 }
 
 /// `[start, end)` of `Shape` for a given rank, clamped as the operator defines.
@@ -845,4 +947,126 @@ fn slice_shape<'a>(
         };
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ir::{CmpOp, LogicalOp, Tensor};
+
+    fn sym(s: &str) -> Dim {
+        Dim::Sym(s.into())
+    }
+
+    #[test]
+    fn new_ops_infer_dtype_and_symbolic_shape() {
+        let mut g = Graph::default();
+        let x = g.add_value(
+            "x",
+            DType::I64,
+            Some(vec![sym("batch"), Dim::Known(1), sym("seq")]),
+        );
+        let y = g.add_value("y", DType::I64, Some(vec![sym("seq")]));
+        let f = g.add_value(
+            "f",
+            DType::F32,
+            Some(vec![sym("batch"), sym("seq"), Dim::Known(8)]),
+        );
+        let ty = |g: &Graph, op: Op, ins: Vec<ValueId>| {
+            infer_node(g, "n", &op, &ins).map(|mut v| v.remove(0))
+        };
+        let (dt, s) = ty(&g, Op::Compare(CmpOp::Less), vec![x, y]).unwrap();
+        assert_eq!(
+            (dt, s),
+            (
+                DType::Bool,
+                Some(vec![sym("batch"), Dim::Known(1), sym("seq")])
+            )
+        );
+        assert!(
+            ty(&g, Op::Compare(CmpOp::Less), vec![x, f]).is_err(),
+            "dtypes differ"
+        );
+        let b = g.add_value("b", DType::Bool, Some(vec![Dim::Known(4), Dim::Known(1)]));
+        let (dt, s) = ty(&g, Op::Logical(LogicalOp::Or), vec![b, b]).unwrap();
+        assert_eq!(
+            (dt, s),
+            (DType::Bool, Some(vec![Dim::Known(4), Dim::Known(1)]))
+        );
+        assert!(ty(&g, Op::Logical(LogicalOp::And), vec![b, x]).is_err());
+        assert!(ty(&g, Op::Not, vec![x]).is_err());
+        let (_, s) = ty(&g, Op::Flatten { axis: 1 }, vec![f]).unwrap();
+        assert_eq!(s, Some(vec![sym("batch"), Dim::Unknown]));
+        let (_, s) = ty(&g, Op::Flatten { axis: 0 }, vec![f]).unwrap();
+        assert_eq!(s, Some(vec![Dim::Known(1), Dim::Unknown]));
+        let (_, s) = ty(&g, Op::Flatten { axis: 2 }, vec![x]).unwrap();
+        assert_eq!(s, Some(vec![sym("batch"), sym("seq")]));
+        let (dt, s) = ty(
+            &g,
+            Op::ReduceSum {
+                axes: Some(vec![1]),
+                keepdims: false,
+            },
+            vec![f],
+        )
+        .unwrap();
+        assert_eq!(
+            (dt, s),
+            (DType::F32, Some(vec![sym("batch"), Dim::Known(8)]))
+        );
+        let (dt, _) = ty(
+            &g,
+            Op::ReduceSum {
+                axes: None,
+                keepdims: true,
+            },
+            vec![x],
+        )
+        .unwrap();
+        assert_eq!(dt, DType::I64);
+        assert!(ty(
+            &g,
+            Op::ReduceSum {
+                axes: None,
+                keepdims: true
+            },
+            vec![b]
+        )
+        .is_err());
+        assert!(
+            ty(
+                &g,
+                Op::Clip {
+                    min: Some(0.0),
+                    max: None
+                },
+                vec![x]
+            )
+            .is_err(),
+            "float only"
+        );
+        let (_, s) = ty(
+            &g,
+            Op::Clip {
+                min: Some(0.0),
+                max: None,
+            },
+            vec![f],
+        )
+        .unwrap();
+        assert_eq!(s, g.values[f].shape);
+        // Range: exact length from constants, unknown otherwise.
+        let c = |g: &mut Graph, v: i64| g.add_constant("c", Tensor::i64(vec![], vec![v]).unwrap());
+        let (s0, l, d) = (c(&mut g, 10), c(&mut g, 0), c(&mut g, -3));
+        let (dt, s) = ty(&g, Op::Range, vec![s0, l, d]).unwrap();
+        assert_eq!((dt, s), (DType::I64, Some(vec![Dim::Known(4)])));
+        let n = g.add_value("n", DType::I64, Some(vec![]));
+        let (_, s) = ty(&g, Op::Range, vec![l, n, d]).unwrap();
+        assert_eq!(s, Some(vec![Dim::Unknown]));
+        assert!(
+            ty(&g, Op::Range, vec![l, y, d]).is_err(),
+            "limit is not a scalar"
+        );
+        assert!(ty(&g, Op::Range, vec![l, f, d]).is_err(), "dtypes differ");
+    }
 }

@@ -208,6 +208,23 @@ pub enum BinaryOp {
     Pow,
 }
 
+/// Ordered comparisons of two inputs with numpy broadcasting; the output is bool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpOp {
+    Greater,
+    GreaterOrEqual,
+    Less,
+    LessOrEqual,
+}
+
+/// Logical functions of two bool inputs with numpy broadcasting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogicalOp {
+    And,
+    Or,
+    Xor,
+}
+
 /// What a fused GEMM applies to its result, in order after the bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Activation {
@@ -235,6 +252,19 @@ pub enum Op {
     Unary(UnaryOp),
     Binary(BinaryOp),
     Equal,
+    /// Inputs `a, b` (same dtype, broadcast); output bool.
+    Compare(CmpOp),
+    /// Inputs `a, b` (bool, broadcast); output bool.
+    Logical(LogicalOp),
+    /// Bool → bool.
+    Not,
+    /// Inputs `start, limit, delta` (scalars of one dtype: int32, int64 or float32); the
+    /// output is 1-D with `max(ceil((limit - start) / delta), 0)` elements.
+    Range,
+    /// ONNX `Flatten`: the output is 2-D `[prod(dims[..axis]), prod(dims[axis..])]`.
+    Flatten {
+        axis: i64,
+    },
     Where,
     Identity,
     Cast {
@@ -283,6 +313,16 @@ pub enum Op {
     ReduceMean {
         axes: Option<Vec<i64>>,
         keepdims: bool,
+    },
+    /// Float or integer input; `None` reduces over every axis.
+    ReduceSum {
+        axes: Option<Vec<i64>>,
+        keepdims: bool,
+    },
+    /// Float32 input; each bound is applied when present (`min` first, then `max`).
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
     },
     /// `coerce_2d` is the opset < 13 behaviour: the input is seen as 2-D split at `axis`.
     Softmax {
@@ -341,6 +381,22 @@ impl Op {
                 BinaryOp::Pow => "Pow",
             },
             Op::Equal => "Equal",
+            Op::Compare(c) => match c {
+                CmpOp::Greater => "Greater",
+                CmpOp::GreaterOrEqual => "GreaterOrEqual",
+                CmpOp::Less => "Less",
+                CmpOp::LessOrEqual => "LessOrEqual",
+            },
+            Op::Logical(l) => match l {
+                LogicalOp::And => "And",
+                LogicalOp::Or => "Or",
+                LogicalOp::Xor => "Xor",
+            },
+            Op::Not => "Not",
+            Op::Range => "Range",
+            Op::Flatten { .. } => "Flatten",
+            Op::ReduceSum { .. } => "ReduceSum",
+            Op::Clip { .. } => "Clip",
             Op::Where => "Where",
             Op::Identity => "Identity",
             Op::Cast { .. } => "Cast",

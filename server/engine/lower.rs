@@ -890,6 +890,14 @@ impl<'g> Lowerer<'g> {
             Op::Shape { .. } | Op::ConstantOfShape { .. } => {
                 Err("its input's shape is not known after specialisation".into())
             }
+            // Placeholder until these are lowered to steps (done in a parallel branch).
+            Op::Compare(_)
+            | Op::Logical(_)
+            | Op::Not
+            | Op::Range
+            | Op::Flatten { .. }
+            | Op::ReduceSum { .. }
+            | Op::Clip { .. } => Err("no GPU lowering for this operator yet".into()),
         }
     }
 

@@ -129,6 +129,7 @@ fn choose(graph: &Graph, node: &Node, mode: Precision) -> NodePrecision {
         | Op::LayerNorm { .. }
         | Op::AddLayerNorm { .. }
         | Op::ReduceMean { .. }
+        | Op::ReduceSum { .. }
         | Op::Binary(super::ir::BinaryOp::Pow)
         | Op::Unary(UnaryOp::Sigmoid | UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Erf) => {
             fp32(Reason::Sensitive)

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use super::infer::{norm_axis, shape_range};
 use super::ir::{
-    element_count, Activation, BinaryOp, DType, Data, Dim, Graph, Op, Tensor, UnaryOp,
+    element_count, Activation, BinaryOp, CmpOp, DType, Data, Dim, Graph, LogicalOp, Op, Tensor,
+    UnaryOp, MAX_ELEMENTS,
 };
 use super::EngineError;
 
@@ -383,6 +384,225 @@ fn equal(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     })
 }
 
+/// [`Op::Compare`]: exact for integers, IEEE ordering (false for NaN) for floats.
+fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    let shape = broadcast(&a.shape, &b.shape)?;
+    let ia = broadcast_map(&shape, &a.shape);
+    let ib = broadcast_map(&shape, &b.shape);
+    fn cmp<T: PartialOrd>(op: CmpOp, x: &[T], ia: &[usize], y: &[T], ib: &[usize]) -> Vec<bool> {
+        ia.iter()
+            .zip(ib)
+            .map(|(&i, &j)| match op {
+                CmpOp::Greater => x[i] > y[j],
+                CmpOp::GreaterOrEqual => x[i] >= y[j],
+                CmpOp::Less => x[i] < y[j],
+                CmpOp::LessOrEqual => x[i] <= y[j],
+            })
+            .collect()
+    }
+    let v = match (&a.data, &b.data) {
+        (Data::F32(x), Data::F32(y)) => cmp(op, x, &ia, y, &ib),
+        (Data::F64(x), Data::F64(y)) => cmp(op, x, &ia, y, &ib),
+        (Data::I32(x), Data::I32(y)) => cmp(op, x, &ia, y, &ib),
+        (Data::I64(x), Data::I64(y)) => cmp(op, x, &ia, y, &ib),
+        _ => {
+            return Err(format!(
+                "{op:?} is not supported on {} and {}",
+                a.dtype(),
+                b.dtype()
+            ))
+        }
+    };
+    Ok(Tensor {
+        shape,
+        data: Data::Bool(v),
+    })
+}
+
+/// [`Op::Logical`] on two bool tensors.
+fn logical(op: LogicalOp, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    let (Data::Bool(x), Data::Bool(y)) = (&a.data, &b.data) else {
+        return Err(format!(
+            "inputs must be bool, are {} and {}",
+            a.dtype(),
+            b.dtype()
+        ));
+    };
+    let shape = broadcast(&a.shape, &b.shape)?;
+    let ia = broadcast_map(&shape, &a.shape);
+    let ib = broadcast_map(&shape, &b.shape);
+    let v = ia
+        .iter()
+        .zip(&ib)
+        .map(|(&i, &j)| match op {
+            LogicalOp::And => x[i] && y[j],
+            LogicalOp::Or => x[i] || y[j],
+            LogicalOp::Xor => x[i] != y[j],
+        })
+        .collect();
+    Ok(Tensor {
+        shape,
+        data: Data::Bool(v),
+    })
+}
+
+/// The one element of a scalar (or one-element) tensor.
+fn scalar<T: Copy>(v: &[T], what: &str) -> Result<T, String> {
+    match v {
+        [x] => Ok(*x),
+        _ => Err(format!("{what} must hold one element, holds {}", v.len())),
+    }
+}
+
+/// ONNX `Range`: `max(ceil((limit - start) / delta), 0)` elements `start, start + delta, …`
+/// (floats accumulate `delta` in float32, as ONNX Runtime does; integers are exact).
+pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> Result<Tensor, String> {
+    fn ints<T>(s: T, l: T, d: T) -> Result<Vec<T>, String>
+    where
+        T: Copy + Into<i128> + TryFrom<i128>,
+    {
+        let (s, l, d) = (s.into(), l.into(), d.into());
+        if d == 0 {
+            return Err("delta must not be 0".into());
+        }
+        let span = l - s;
+        // Ceiling division for either sign of delta.
+        let n = if (span > 0) == (d > 0) && span != 0 {
+            (span + d - d.signum()) / d
+        } else {
+            0
+        };
+        if n > MAX_ELEMENTS as i128 {
+            return Err(format!("Range of {n} elements is too large"));
+        }
+        (0..n)
+            .map(|i| T::try_from(s + i * d).map_err(|_| "Range overflows its type".to_string()))
+            .collect()
+    }
+    let data = match (&start.data, &limit.data, &delta.data) {
+        (Data::I64(s), Data::I64(l), Data::I64(d)) => Data::I64(ints(
+            scalar(s, "start")?,
+            scalar(l, "limit")?,
+            scalar(d, "delta")?,
+        )?),
+        (Data::I32(s), Data::I32(l), Data::I32(d)) => Data::I32(ints(
+            scalar(s, "start")?,
+            scalar(l, "limit")?,
+            scalar(d, "delta")?,
+        )?),
+        (Data::F32(s), Data::F32(l), Data::F32(d)) => {
+            let (s, l, d) = (
+                scalar(s, "start")?,
+                scalar(l, "limit")?,
+                scalar(d, "delta")?,
+            );
+            if d == 0.0 || !d.is_finite() || !s.is_finite() || !l.is_finite() {
+                return Err(format!(
+                    "start {s}, limit {l} and delta {d} must be finite, delta non-zero"
+                ));
+            }
+            let n = (((l - s) / d).ceil()).max(0.0);
+            if n > MAX_ELEMENTS as f32 {
+                return Err(format!("Range of {n} elements is too large"));
+            }
+            let mut v = Vec::with_capacity(n as usize);
+            let mut x = s;
+            for _ in 0..n as usize {
+                v.push(x);
+                x += d;
+            }
+            Data::F32(v)
+        }
+        _ => {
+            return Err(format!(
+                "start, limit and delta must all be float32, int32 or int64, are {}, {}, {}",
+                start.dtype(),
+                limit.dtype(),
+                delta.dtype()
+            ))
+        }
+    };
+    let n = data.len();
+    Tensor::new(vec![n], data)
+}
+
+/// The output shape and, for every input element, the flat index of its output element,
+/// of a reduction over `axes` (`None`: every axis).
+fn reduce_map(
+    shape: &[usize],
+    axes: Option<&[i64]>,
+    keepdims: bool,
+) -> Result<(Vec<usize>, Vec<usize>, usize), String> {
+    let rank = shape.len();
+    let ax: Vec<usize> = match axes {
+        Some(axes) => axes
+            .iter()
+            .map(|&x| norm_axis(x, rank))
+            .collect::<Result<_, _>>()?,
+        None => (0..rank).collect(),
+    };
+    let kept: Vec<usize> = (0..rank)
+        .map(|d| if ax.contains(&d) { 1 } else { shape[d] })
+        .collect();
+    let map = broadcast_map(shape, &kept);
+    let out_len = kept.iter().product();
+    let out_shape = if keepdims {
+        kept
+    } else {
+        (0..rank)
+            .filter(|d| !ax.contains(d))
+            .map(|d| shape[d])
+            .collect()
+    };
+    Ok((out_shape, map, out_len))
+}
+
+/// [`Op::ReduceSum`]: floats accumulate in f64 (like [`Op::ReduceMean`]); integers wrap.
+fn reduce_sum(a: &Tensor, axes: Option<&[i64]>, keepdims: bool) -> Result<Tensor, String> {
+    let (shape, map, n) = reduce_map(&a.shape, axes, keepdims)?;
+    let data = match &a.data {
+        Data::F32(v) => {
+            let mut sums = vec![0f64; n];
+            for (x, &m) in v.iter().zip(&map) {
+                sums[m] += *x as f64;
+            }
+            Data::F32(sums.into_iter().map(|s| s as f32).collect())
+        }
+        Data::I64(v) => {
+            let mut sums = vec![0i64; n];
+            for (x, &m) in v.iter().zip(&map) {
+                sums[m] = sums[m].wrapping_add(*x);
+            }
+            Data::I64(sums)
+        }
+        Data::I32(v) => {
+            let mut sums = vec![0i32; n];
+            for (x, &m) in v.iter().zip(&map) {
+                sums[m] = sums[m].wrapping_add(*x);
+            }
+            Data::I32(sums)
+        }
+        d => return Err(format!("ReduceSum is not supported on {}", d.dtype())),
+    };
+    Tensor::new(shape, data)
+}
+
+/// [`Op::Clip`]: `min` then `max`, each only when present; NaN stays NaN.
+pub(crate) fn clip(x: f32, min: Option<f32>, max: Option<f32>) -> f32 {
+    let mut y = x;
+    if let Some(lo) = min {
+        if y < lo {
+            y = lo;
+        }
+    }
+    if let Some(hi) = max {
+        if y > hi {
+            y = hi;
+        }
+    }
+    y
+}
+
 fn cast(t: &Tensor, to: DType) -> Tensor {
     // Through f64, which holds every f32, i32 and (for the magnitudes shape maths uses) i64
     // exactly; float → int truncates toward zero and saturates, as ONNX Runtime's casts do.
@@ -735,6 +955,42 @@ pub fn eval(op: &Op, x: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         }
         Op::Binary(b) => one(binary(*b, arg(0)?, arg(1)?)?),
         Op::Equal => one(equal(arg(0)?, arg(1)?)?),
+        Op::Compare(c) => one(compare(*c, arg(0)?, arg(1)?)?),
+        Op::Logical(l) => one(logical(*l, arg(0)?, arg(1)?)?),
+        Op::Not => {
+            let a = arg(0)?;
+            let Data::Bool(v) = &a.data else {
+                return Err(format!("input must be bool, is {}", a.dtype()));
+            };
+            one(Tensor {
+                shape: a.shape.clone(),
+                data: Data::Bool(v.iter().map(|b| !b).collect()),
+            })
+        }
+        Op::Range => one(range(arg(0)?, arg(1)?, arg(2)?)?),
+        Op::Flatten { axis } => {
+            let a = arg(0)?;
+            let r = a.shape.len() as i64;
+            let ax = if *axis < 0 { axis + r } else { *axis };
+            if ax < 0 || ax > r {
+                return Err(format!("axis {axis} is out of range for rank {r}"));
+            }
+            let ax = ax as usize;
+            let outer: usize = a.shape[..ax].iter().product();
+            let inner: usize = a.shape[ax..].iter().product();
+            one(Tensor::new(vec![outer, inner], a.data.clone())?)
+        }
+        Op::ReduceSum { axes, keepdims } => one(reduce_sum(arg(0)?, axes.as_deref(), *keepdims)?),
+        Op::Clip { min, max } => {
+            let a = arg(0)?;
+            one(Tensor::f32(
+                a.shape.clone(),
+                f32s(a, "input")?
+                    .iter()
+                    .map(|&v| clip(v, *min, *max))
+                    .collect(),
+            )?)
+        }
         Op::Where => {
             let (c, a, b) = (arg(0)?, arg(1)?, arg(2)?);
             let Data::Bool(cv) = &c.data else {
@@ -1234,5 +1490,155 @@ mod tests {
         let q = Tensor::i64(vec![2], vec![1, -1]).unwrap();
         let g = eval(&Op::Gather { axis: 0 }, &[&a, &q]).unwrap().remove(0);
         assert_eq!(g.as_i64s().unwrap(), vec![3, 4, 5, 3, 4, 5]);
+    }
+
+    #[test]
+    fn range_counts_and_negative_delta() {
+        let i = |v: i64| Tensor::i64(vec![], vec![v]).unwrap();
+        let r = eval(&Op::Range, &[&i(0), &i(5), &i(2)]).unwrap().remove(0);
+        assert_eq!(
+            (r.shape.clone(), r.as_i64s().unwrap()),
+            (vec![3], vec![0, 2, 4])
+        );
+        let r = eval(&Op::Range, &[&i(10), &i(4), &i(-3)])
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.as_i64s().unwrap(), vec![10, 7]);
+        let r = eval(&Op::Range, &[&i(3), &i(3), &i(1)]).unwrap().remove(0);
+        assert_eq!(r.shape, vec![0]);
+        let r = eval(&Op::Range, &[&i(0), &i(5), &i(-1)]).unwrap().remove(0);
+        assert_eq!(r.shape, vec![0]);
+        assert!(eval(&Op::Range, &[&i(0), &i(5), &i(0)]).is_err());
+        let f = |v: f32| Tensor::f32(vec![], vec![v]).unwrap();
+        let r = eval(&Op::Range, &[&f(1.0), &f(-1.0), &f(-0.5)])
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.as_f32s().unwrap(), &[1.0, 0.5, 0.0, -0.5]);
+        let r32 = Tensor::new(vec![], Data::I32(vec![2])).unwrap();
+        assert!(
+            eval(&Op::Range, &[&r32, &i(5), &i(1)]).is_err(),
+            "mixed dtypes"
+        );
+    }
+
+    #[test]
+    fn compare_and_logical_broadcast() {
+        let a = Tensor::i64(vec![2, 1], vec![1, 3]).unwrap();
+        let b = Tensor::i64(vec![3], vec![1, 2, 3]).unwrap();
+        let bools = |t: Tensor| match t.data {
+            Data::Bool(v) => (t.shape, v),
+            d => panic!("not bool: {d:?}"),
+        };
+        let ge = eval(&Op::Compare(CmpOp::GreaterOrEqual), &[&a, &b])
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            bools(ge),
+            (vec![2, 3], vec![true, false, false, true, true, true])
+        );
+        let lt = eval(&Op::Compare(CmpOp::Less), &[&a, &b])
+            .unwrap()
+            .remove(0);
+        assert_eq!(bools(lt).1, vec![false, true, true, false, false, false]);
+        let x = Tensor::f32(vec![2], vec![0.5, f32::NAN]).unwrap();
+        let y = Tensor::f32(vec![], vec![0.5]).unwrap();
+        let gt = eval(&Op::Compare(CmpOp::Greater), &[&x, &y])
+            .unwrap()
+            .remove(0);
+        assert_eq!(bools(gt).1, vec![false, false]);
+        let le = eval(&Op::Compare(CmpOp::LessOrEqual), &[&x, &y])
+            .unwrap()
+            .remove(0);
+        assert_eq!(bools(le).1, vec![true, false]);
+        let p = Tensor::new(vec![2, 1], Data::Bool(vec![true, false])).unwrap();
+        let q = Tensor::new(vec![2], Data::Bool(vec![true, false])).unwrap();
+        for (op, want) in [
+            (LogicalOp::And, vec![true, false, false, false]),
+            (LogicalOp::Or, vec![true, true, true, false]),
+            (LogicalOp::Xor, vec![false, true, true, false]),
+        ] {
+            let r = eval(&Op::Logical(op), &[&p, &q]).unwrap().remove(0);
+            assert_eq!(bools(r), (vec![2, 2], want), "{op:?}");
+        }
+        let n = eval(&Op::Not, &[&q]).unwrap().remove(0);
+        assert_eq!(bools(n).1, vec![false, true]);
+        assert!(eval(&Op::Logical(LogicalOp::And), &[&a, &a]).is_err());
+    }
+
+    #[test]
+    fn flatten_reduce_sum_clip() {
+        let a = Tensor::i64(vec![2, 3, 2], (0..12).collect()).unwrap();
+        let f = eval(&Op::Flatten { axis: 2 }, &[&a]).unwrap().remove(0);
+        assert_eq!(f.shape, vec![6, 2]);
+        let f = eval(&Op::Flatten { axis: 0 }, &[&a]).unwrap().remove(0);
+        assert_eq!(f.shape, vec![1, 12]);
+        let f = eval(&Op::Flatten { axis: -3 }, &[&a]).unwrap().remove(0);
+        assert_eq!(f.shape, vec![1, 12]);
+        assert!(eval(&Op::Flatten { axis: 4 }, &[&a]).is_err());
+        let s = eval(
+            &Op::ReduceSum {
+                axes: Some(vec![1]),
+                keepdims: false,
+            },
+            &[&a],
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(
+            (s.shape.clone(), s.as_i64s().unwrap()),
+            (vec![2, 2], vec![6, 9, 24, 27])
+        );
+        let x = Tensor::f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.5]).unwrap();
+        let s = eval(
+            &Op::ReduceSum {
+                axes: None,
+                keepdims: true,
+            },
+            &[&x],
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(
+            (s.shape.clone(), s.as_f32s().unwrap()),
+            (vec![1, 1], &[10.5f32][..])
+        );
+        let s = eval(
+            &Op::ReduceSum {
+                axes: Some(vec![-1]),
+                keepdims: true,
+            },
+            &[&x],
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(
+            (s.shape.clone(), s.as_f32s().unwrap()),
+            (vec![2, 1], &[3.0f32, 7.5][..])
+        );
+        let x = Tensor::f32(vec![4], vec![-1.0, 1e-12, 5.0, f32::NAN]).unwrap();
+        let c = eval(
+            &Op::Clip {
+                min: Some(1e-9),
+                max: None,
+            },
+            &[&x],
+        )
+        .unwrap()
+        .remove(0);
+        let v = c.as_f32s().unwrap();
+        assert_eq!(&v[..3], &[1e-9, 1e-9, 5.0]);
+        assert!(v[3].is_nan());
+        let c = eval(
+            &Op::Clip {
+                min: None,
+                max: Some(0.0),
+            },
+            &[&x],
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(&c.as_f32s().unwrap()[..3], &[-1.0, 0.0, 0.0]);
+        // min > max: everything becomes max, as ONNX Runtime does.
+        assert_eq!(clip(0.5, Some(2.0), Some(1.0)), 1.0);
     }
 }
