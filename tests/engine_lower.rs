@@ -275,7 +275,9 @@ fn tiny_encoder_programs_match_onnx_runtime_and_the_emulation() {
                 )
             })
             .count();
-        assert_eq!(residual_ln, 2);
+        // The two residual adds, and (at concrete shapes) the embeddings' last add, whose
+        // token-type term has the same shape as the sum before it.
+        assert_eq!(residual_ln, 3);
         // The position ids only depend on the shape: folded, no Shape step is left.
         assert!(p
             .index_checks
@@ -418,4 +420,66 @@ fn arena_reuses_memory_and_never_overlaps_live_buffers() {
         "no reuse: {} vs {total}",
         p.arena_bytes
     );
+}
+
+/// A BERT exported by PyTorch exactly as the MiniLM benchmark exports all-MiniLM-L6-v2
+/// (`tests/data/tiny_bert_torch.onnx`, `scripts/gen_tiny_bert.py`): its mask subgraph folds
+/// at concrete shapes, its attention fuses there, and the programs answer as ONNX Runtime.
+#[test]
+fn torch_exported_bert_programs_match_onnx_runtime() {
+    let path = Path::new(ROOT).join("tests/data/tiny_bert_torch.onnx");
+    let graph = engine::compile(&std::fs::read(&path).unwrap()).unwrap();
+    for (batch, seq) in [(1usize, 4usize), (3, 9), (4, 16)] {
+        let (ids, mask) = tokens(batch, seq, 21);
+        let ids: Vec<i64> = ids.iter().map(|i| i * 2 % 100).collect();
+        let types = vec![0i64; batch * seq];
+        let shapes = [
+            ("input_ids", vec![batch, seq]),
+            ("attention_mask", vec![batch, seq]),
+            ("token_type_ids", vec![batch, seq]),
+        ];
+        let (ib, mb, tb) = (i64_bytes(&ids), i64_bytes(&mask), i64_bytes(&types));
+        let inputs = [
+            ("input_ids", &ib[..]),
+            ("attention_mask", &mb[..]),
+            ("token_type_ids", &tb[..]),
+        ];
+        let want = ort(
+            &path,
+            vec![
+                wire("input_ids", DataType::Int64, &[batch, seq], ib.clone()),
+                wire("attention_mask", DataType::Int64, &[batch, seq], mb.clone()),
+                wire("token_type_ids", DataType::Int64, &[batch, seq], tb.clone()),
+            ],
+            &["embedding"],
+        );
+        let want = f32s(&want[0]);
+        for (mode, tol) in [(Precision::Fp32, 1e-5f32), (Precision::Fp16, 1e-2)] {
+            let p = lower(&graph, &shapes, mode, None).unwrap();
+            assert_eq!(
+                p.steps.iter().filter(|s| s.kind() == "attention").count(),
+                2
+            );
+            let got = f32s(&program_cpu::run(&p, &inputs).unwrap()[0]);
+            // Relative L2 error per row, the measure for embeddings.
+            let h = want.len() / batch;
+            let worst = (0..batch)
+                .map(|r| {
+                    let (g, w) = (&got[r * h..(r + 1) * h], &want[r * h..(r + 1) * h]);
+                    let d: f32 = g
+                        .iter()
+                        .zip(w)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum::<f32>()
+                        .sqrt();
+                    d / w.iter().map(|b| b * b).sum::<f32>().sqrt()
+                })
+                .fold(0f32, f32::max);
+            println!(
+                "tiny torch BERT {mode:?} {batch}x{seq}: {} steps, worst relative error {worst:e}",
+                p.steps.len()
+            );
+            assert!(worst < tol, "{mode:?} {batch}x{seq}: {worst}");
+        }
+    }
 }

@@ -29,7 +29,7 @@ use super::calibrate::CalibrationTable;
 use super::fold::fold_constants;
 use super::infer::{infer_all, norm_axis};
 use super::ir::{
-    Activation, BinaryOp, DType, Data, Dim, Graph, Node, Op, Tensor, UnaryOp, ValueId,
+    Activation, BinaryOp, DType, Data, Dim, Graph, LogicalOp, Node, Op, Tensor, UnaryOp, ValueId,
 };
 use super::precision::{self, Precision, PrecisionPlan};
 use super::quant::QuantizedWeights;
@@ -64,6 +64,11 @@ pub fn specialize(graph: &Graph, shapes: &[(&str, Vec<usize>)]) -> Result<Graph,
     }
     infer_all(&mut g)?;
     while fold_constants(&mut g)? > 0 {}
+    g.remove_unused();
+    // With every dim known, patterns whose shapes were unknown symbolically fuse now (torch
+    // builds its reshape targets from Shape → Gather → Concat, which only folding resolves).
+    super::fuse::fuse_attention(&mut g)?;
+    super::fuse::fuse_add_layer_norm(&mut g)?;
     g.remove_unused();
     Ok(g)
 }
@@ -803,37 +808,12 @@ impl<'g> Lowerer<'g> {
                 let ax = data.shape.len().saturating_sub(1);
                 self.gather(node, input(1)?, data, ax, out, n_out)
             }
-            Op::ReduceMean { axes, .. } => {
-                let s = self.value_as(input(0)?, Elem::F32)?;
-                let rank = s.shape.len();
-                let mut ax: Vec<usize> = match axes {
-                    Some(a) => a
-                        .iter()
-                        .map(|&x| norm_axis(x, rank))
-                        .collect::<Result<_, _>>()?,
-                    None => (0..rank).collect(),
-                };
-                ax.sort_unstable();
-                ax.dedup();
-                let (Some(&lo), Some(&hi)) = (ax.first(), ax.last()) else {
-                    return Err("no axes to reduce".into());
-                };
-                if hi - lo + 1 != ax.len() {
-                    return Err(format!("axes {ax:?} are not adjacent").into());
+            Op::ReduceMean { axes, .. } => self.reduce(idx, input(0)?, axes, true, out, n_out),
+            Op::ReduceSum { axes, .. } => {
+                if self.g.values[input(0)?].dtype != DType::F32 {
+                    return Err("ReduceSum of integers".into());
                 }
-                let outer = s.shape[..lo].iter().product();
-                let len = s.shape[lo..=hi].iter().product();
-                let inner = s.shape[hi + 1..].iter().product();
-                let y = self.new_buf(self.out_elem(idx, out)?, n_out);
-                self.steps.push(Step::Reduce {
-                    x: s.buf,
-                    y,
-                    outer,
-                    len,
-                    inner,
-                    mean: true,
-                });
-                self.define(out, y)
+                self.reduce(idx, input(0)?, axes, false, out, n_out)
             }
             Op::Softmax { axis, coerce_2d } => {
                 let s = self.value_as(input(0)?, Elem::F32)?;
@@ -890,14 +870,61 @@ impl<'g> Lowerer<'g> {
             Op::Shape { .. } | Op::ConstantOfShape { .. } => {
                 Err("its input's shape is not known after specialisation".into())
             }
-            // Placeholder until these are lowered to steps (done in a parallel branch).
-            Op::Compare(_)
-            | Op::Logical(_)
-            | Op::Not
-            | Op::Range
-            | Op::Flatten { .. }
-            | Op::ReduceSum { .. }
-            | Op::Clip { .. } => Err("no GPU lowering for this operator yet".into()),
+            Op::Flatten { .. } => {
+                let s = self.value(input(0)?)?;
+                self.define(out, s.buf)
+            }
+            Op::Clip { min, max } => {
+                let mut cur = self.value(input(0)?)?;
+                let y_elem = self.out_elem(idx, out)?;
+                let bounds: Vec<(EwOp, f32)> = [(EwOp::Max, *min), (EwOp::Min, *max)]
+                    .into_iter()
+                    .filter_map(|(op, b)| b.map(|b| (op, b)))
+                    .collect();
+                if bounds.is_empty() {
+                    let y = self.new_buf(y_elem, n_out);
+                    self.copy_all(&cur, y);
+                    return self.define(out, y);
+                }
+                for (op, bound) in bounds {
+                    let w = self.add_weight(&format!("{}.bound", node.name), Elem::F32, f32_bytes(&[bound], Elem::F32));
+                    let y = self.new_buf(y_elem, n_out);
+                    let own = contiguous(&out_shape);
+                    self.elementwise(
+                        op,
+                        vec![
+                            View { buf: cur.buf, offset: 0, strides: own.clone() },
+                            View { buf: w, offset: 0, strides: vec![0; out_shape.len()] },
+                        ],
+                        View { buf: y, offset: 0, strides: own },
+                        &out_shape,
+                    )?;
+                    cur = Slot { buf: y, shape: out_shape.clone() };
+                }
+                self.define(out, cur.buf)
+            }
+            Op::Logical(op @ (LogicalOp::And | LogicalOp::Or)) => {
+                // On 0/1 values: and = min, or = max.
+                let ew = if *op == LogicalOp::And { EwOp::Min } else { EwOp::Max };
+                let mut views = Vec::new();
+                for &i in &node.inputs {
+                    let s = self.value(i)?;
+                    views.push(View {
+                        buf: s.buf,
+                        offset: 0,
+                        strides: broadcast_strides(&s.shape, &out_shape)?,
+                    });
+                }
+                let y = self.new_buf(Elem::Bool, n_out);
+                let ov = View { buf: y, offset: 0, strides: contiguous(&out_shape) };
+                self.elementwise(ew, views, ov, &out_shape)?;
+                self.define(out, y)
+            }
+            // Shape maths: these fold away once shapes are concrete; on data they have no
+            // device step yet.
+            Op::Compare(_) | Op::Logical(LogicalOp::Xor) | Op::Not | Op::Range => {
+                Err("no device step for this operator on data (it folds when it only depends on shapes)".into())
+            }
         }
     }
 
@@ -940,6 +967,56 @@ impl<'g> Lowerer<'g> {
             inner: data.shape[ax + 1..].iter().product(),
             count: idx.buf.len,
         });
+        self.define(out, y)
+    }
+
+    /// Sum or mean over adjacent `axes` (all when `None`) as one `Reduce` step.
+    fn reduce(
+        &mut self,
+        idx: usize,
+        input: ValueId,
+        axes: &Option<Vec<i64>>,
+        mean: bool,
+        out: ValueId,
+        n_out: usize,
+    ) -> R<()> {
+        let s = self.value_as(input, Elem::F32)?;
+        let rank = s.shape.len();
+        let mut ax: Vec<usize> = match axes {
+            Some(a) => a
+                .iter()
+                .map(|&x| norm_axis(x, rank))
+                .collect::<Result<_, _>>()?,
+            None => (0..rank).collect(),
+        };
+        ax.sort_unstable();
+        ax.dedup();
+        let (Some(&lo), Some(&hi)) = (ax.first(), ax.last()) else {
+            return Err("no axes to reduce".into());
+        };
+        if hi - lo + 1 != ax.len() {
+            return Err(format!("axes {ax:?} are not adjacent").into());
+        }
+        let outer = s.shape[..lo].iter().product();
+        let len = s.shape[lo..=hi].iter().product();
+        let inner = s.shape[hi + 1..].iter().product();
+        // The kernel reads and writes one float type; a half output is cast after.
+        let y = self.new_buf(Elem::F32, n_out);
+        self.steps.push(Step::Reduce {
+            x: s.buf,
+            y,
+            outer,
+            len,
+            inner,
+            mean,
+        });
+        let want = self.out_elem(idx, out)?;
+        if want != Elem::F32 {
+            let z = self.new_buf(want, n_out);
+            let shape = self.shape(out)?;
+            self.copy_all(&Slot { buf: y, shape }, z);
+            return self.define(out, z);
+        }
         self.define(out, y)
     }
 
