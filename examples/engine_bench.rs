@@ -135,6 +135,17 @@ fn main() {
         })
         .collect();
 
+    // --calibration max | percentile:P (INT8 activation ranges; default percentile:99.99).
+    let method = match arg(&args, "--calibration")
+        .as_deref()
+        .unwrap_or("percentile:99.99")
+    {
+        "max" => Method::Max,
+        p => match p.strip_prefix("percentile:").and_then(|v| v.parse().ok()) {
+            Some(v) => Method::Percentile(v),
+            None => fail(format!("--calibration {p}: expected max or percentile:P")),
+        },
+    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for lib in ["libnvrtc-builtins.so.13.0", "libnvrtc.so.13"] {
         let p = root.join(".deps/nvrtc/lib").join(lib);
@@ -211,14 +222,17 @@ fn main() {
         let table = (mode == Precision::Int8).then(|| {
             let t = Instant::now();
             let plan = precision::assign(&graph, mode);
-            let table = calibrate::calibrate(
-                &graph,
-                &plan,
-                std::slice::from_ref(&calib_feeds),
-                Method::Max,
-            )
-            .unwrap_or_else(|e| fail(e.to_string()));
+            let table =
+                calibrate::calibrate(&graph, &plan, std::slice::from_ref(&calib_feeds), method)
+                    .unwrap_or_else(|e| fail(e.to_string()));
             println!("engine_bench: INT8 calibration in {:?}", t.elapsed());
+            for (name, r) in &table.tensors {
+                println!(
+                    "engine_bench:   {name}: amax {:.3}, quantisation error {:.4}",
+                    r.amax,
+                    r.quant_error.unwrap_or(f32::NAN)
+                );
+            }
             table
         });
         // Accuracy: the data rows at their own sequence length.

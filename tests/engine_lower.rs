@@ -175,7 +175,8 @@ fn fraud_mlp_fp16_and_int8_programs_match_the_emulation() {
                     .any(|s| matches!(s, Step::Gemm(g) if g.compute == Elem::F16))),
             }
             let outs = program_cpu::run(&p, &[("features", &f32_bytes(&x))]).unwrap();
-            let emu = Emulator::new(&graph, precision::assign(&graph, mode), table).unwrap();
+            let emu =
+                Emulator::new(&graph, precision::assign_with(&graph, mode, table), table).unwrap();
             let e = emu
                 .run(&[(
                     "features",
@@ -349,7 +350,12 @@ fn tiny_encoder_int8_program_matches_the_emulation() {
         ],
     )
     .unwrap();
-    let emu = Emulator::new(&graph, plan8, Some(&table)).unwrap();
+    let emu = Emulator::new(
+        &graph,
+        precision::assign_with(&graph, Precision::Int8, Some(&table)),
+        Some(&table),
+    )
+    .unwrap();
     let e = emu
         .run(&[
             ("input_ids", Tensor::i64(vec![batch, seq], ids).unwrap()),
@@ -482,4 +488,49 @@ fn torch_exported_bert_programs_match_onnx_runtime() {
             assert!(worst < tol, "{mode:?} {batch}x{seq}: {worst}");
         }
     }
+}
+
+/// A GEMM whose activation calibration measured as too lossy in INT8 stays in FP16.
+#[test]
+fn int8_gemms_with_lossy_activations_stay_in_fp16() {
+    let (_, graph) = fraud_graph(1);
+    let (_, cols, x) = heldout();
+    let plan8 = precision::assign(&graph, Precision::Int8);
+    let mut table = calibrate::calibrate(
+        &graph,
+        &plan8,
+        &[vec![(
+            "features",
+            Tensor::f32(vec![400, cols], x[..400 * cols].to_vec()).unwrap(),
+        )]],
+        Method::Max,
+    )
+    .unwrap();
+    assert!(table.tensors.values().all(|r| r
+        .quant_error
+        .is_some_and(|e| e < calibrate::MAX_QUANT_ERROR)));
+    let shapes = [("features", vec![4, cols])];
+    let all = lower(&graph, &shapes, Precision::Int8, Some(&table)).unwrap();
+    assert_eq!(
+        all.steps.iter().filter(|s| s.kind() == "gemm_int8").count(),
+        3
+    );
+    // Mark the first GEMM's input as lossy: that GEMM alone goes back to FP16.
+    let first = table.tensors.keys().next().unwrap().clone();
+    table.tensors.get_mut(&first).unwrap().quant_error = Some(0.5);
+    let p = lower(&graph, &shapes, Precision::Int8, Some(&table)).unwrap();
+    assert_eq!(
+        p.steps.iter().filter(|s| s.kind() == "gemm_int8").count(),
+        2
+    );
+    assert!(p
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::Gemm(g) if g.compute == Elem::F16)));
+    let plan = precision::assign_with(&graph, Precision::Int8, Some(&table));
+    assert_eq!(plan.count(Precision::Int8), 2);
+    assert!(plan
+        .nodes
+        .iter()
+        .any(|n| n.reason == precision::Reason::Int8Inaccurate));
 }

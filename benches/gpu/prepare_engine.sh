@@ -40,7 +40,7 @@ cp "$(readlink -f /lib/x86_64-linux-gnu/libb64.so.0d)" "$STAGE/lib/libb64.so.0d"
 # answer, is found here rather than in device time.
 if [[ "${SKIP_CPU_CHECK:-0}" != 1 ]]; then
     "$STAGE/bin/engine_bench" --cpu --widen-f16 --model "$STAGE/minilm.f16.onnx" \
-        --data "$STAGE/data.json" --out "$STAGE/cpu-check" --precisions fp32,fp16
+        --data "$STAGE/data.json" --out "$STAGE/cpu-check" --precisions fp32,fp16,int8
     cat "$STAGE/cpu-check/engine_accuracy.csv"
 fi
 rm -rf "$CARRY"

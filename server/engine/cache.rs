@@ -66,11 +66,11 @@ impl Engine {
         calibration: Option<&CalibrationTable>,
     ) -> Result<Engine, CacheError> {
         let graph = super::compile(model)?;
-        let plan = precision::assign(&graph, mode);
         let calibration = match mode {
             Precision::Int8 => Some(calibration.ok_or(CacheError::MissingCalibration)?.clone()),
             Precision::Fp32 | Precision::Fp16 => None,
         };
+        let plan = precision::assign_with(&graph, mode, calibration.as_ref());
         // Refuses a table lacking a scale now, rather than when the engine is first run.
         Emulator::new(&graph, plan.clone(), calibration.as_ref())?;
         let kernels = nvrtc::compile_all(cc)?

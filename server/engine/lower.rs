@@ -81,7 +81,7 @@ pub fn lower(
     calibration: Option<&CalibrationTable>,
 ) -> Result<Program, EngineError> {
     let g = specialize(graph, shapes)?;
-    let plan = precision::assign(&g, mode);
+    let plan = precision::assign_with(&g, mode, calibration);
     let mut l = Lowerer::new(&g, &plan, calibration);
     for &i in &g.inputs {
         let v = &g.values[i];

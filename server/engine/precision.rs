@@ -31,6 +31,9 @@ pub enum Reason {
     Gemm,
     /// INT8 requested, but the GEMM's second operand is not a constant weight matrix.
     Int8NeedsConstantWeights,
+    /// INT8 requested, but calibration measured that quantising the GEMM's activation loses
+    /// more than `calibrate::MAX_QUANT_ERROR`: the GEMM stays in FP16.
+    Int8Inaccurate,
     /// Softmax, layer norm, reductions, exp, pow, sqrt, sigmoid: kept in FP32.
     Sensitive,
     /// Integer or bool values (shape maths, ids, masks, labels): exact, never reduced.
@@ -69,6 +72,35 @@ fn fp32(reason: Reason) -> NodePrecision {
         output_f16: false,
         reason,
     }
+}
+
+/// [`assign`], then, with a calibration table, every INT8 GEMM whose activation's measured
+/// quantisation error exceeds [`super::calibrate::MAX_QUANT_ERROR`] goes back to FP16
+/// ([`Reason::Int8Inaccurate`]). The plan INT8 engines are built and emulated with.
+pub fn assign_with(
+    graph: &Graph,
+    mode: Precision,
+    table: Option<&super::calibrate::CalibrationTable>,
+) -> PrecisionPlan {
+    let mut plan = assign(graph, mode);
+    let Some(table) = table else {
+        return plan;
+    };
+    for (node, p) in graph.nodes.iter().zip(plan.nodes.iter_mut()) {
+        if p.compute != Precision::Int8 {
+            continue;
+        }
+        let error = node
+            .inputs
+            .first()
+            .and_then(|&a| table.tensors.get(&graph.values[a].name))
+            .and_then(|r| r.quant_error);
+        if error.is_some_and(|e| e > super::calibrate::MAX_QUANT_ERROR) {
+            p.compute = Precision::Fp16;
+            p.reason = Reason::Int8Inaccurate;
+        }
+    }
+    plan
 }
 
 /// Chooses the precision of every node of `graph` for `mode`.

@@ -116,7 +116,7 @@ pub fn compile_model(
         let bytes = std::fs::read(model_path)
             .map_err(|e| load(format!("cannot read {}: {e}", model_path.display())))?;
         let graph = crate::engine::compile(&bytes).map_err(|e| load(e.to_string()))?;
-        let plan = crate::engine::precision::assign(&graph, precision);
+        let plan = crate::engine::precision::assign_with(&graph, precision, calibration.as_ref());
         if precision == Precision::Int8 && calibration.is_none() {
             return Err(load("INT8 needs int8_calibration_table_name".into()));
         }
