@@ -63,6 +63,21 @@ fn i64s(b: &[u8]) -> Vec<i64> {
         .collect()
 }
 
+/// The GPU executor's planner (pure: no device) accepts every step of `p` — element types,
+/// epilogues, layouts — at fake, aligned addresses, so a program the CPU runner answers
+/// correctly is also one the GPU will run rather than refuse at load.
+fn gpu_accepts(p: &Program) {
+    let mem = switchyard_kernels::gpu::plan::Memory {
+        arena: 1 << 30,
+        weights: (0..p.weights.len() as u64)
+            .map(|i| (2 << 30) + i * (1 << 24))
+            .collect(),
+    };
+    if let Err(e) = switchyard_kernels::gpu::plan::plan_program(p, &mem) {
+        panic!("the GPU executor refuses this program: {e}");
+    }
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -94,6 +109,7 @@ fn fraud_fp32(version: u32) {
             None,
         )
         .unwrap();
+        gpu_accepts(&p);
         assert!(p.steps.iter().any(|s| matches!(s, Step::Gemm(_))));
         let outs = program_cpu::run(&p, &[("features", &f32_bytes(xs))]).unwrap();
         let want = ort(
@@ -164,6 +180,7 @@ fn fraud_mlp_fp16_and_int8_programs_match_the_emulation() {
             (Precision::Int8, Some(&table), 0.99),
         ] {
             let p = lower(&graph, &[("features", vec![rows, cols])], mode, table).unwrap();
+            gpu_accepts(&p);
             let kinds: Vec<&str> = p.steps.iter().map(|s| s.kind()).collect();
             match mode {
                 Precision::Int8 => {
@@ -250,6 +267,7 @@ fn tiny_encoder_programs_match_onnx_runtime_and_the_emulation() {
             &["last_hidden_state", "embedding"],
         );
         let p = lower(&graph, &shapes, Precision::Fp32, None).unwrap();
+        gpu_accepts(&p);
         let outs = program_cpu::run(&p, &inputs).unwrap();
         let dh = max_abs_diff(
             &f32s(output(&p, &outs, "last_hidden_state")),
@@ -296,6 +314,7 @@ fn tiny_encoder_programs_match_onnx_runtime_and_the_emulation() {
             ),
         ];
         let p16 = lower(&graph, &shapes, Precision::Fp16, None).unwrap();
+        gpu_accepts(&p16);
         let o16 = program_cpu::run(&p16, &inputs).unwrap();
         let emu = Emulator::new(&graph, precision::assign(&graph, Precision::Fp16), None).unwrap();
         let e = emu.run(&tin).unwrap();
@@ -338,6 +357,7 @@ fn tiny_encoder_int8_program_matches_the_emulation() {
         ("attention_mask", vec![batch, seq]),
     ];
     let p = lower(&graph, &shapes, Precision::Int8, Some(&table)).unwrap();
+    gpu_accepts(&p);
     assert_eq!(
         p.steps.iter().filter(|s| s.kind() == "gemm_int8").count(),
         7
@@ -381,6 +401,7 @@ fn bad_ids_and_shapes_are_errors_not_garbage() {
         ("attention_mask", vec![1, 3]),
     ];
     let p = lower(&graph, &shapes, Precision::Fp32, None).unwrap();
+    gpu_accepts(&p);
     let e = program_cpu::run(
         &p,
         &[
@@ -406,6 +427,7 @@ fn arena_reuses_memory_and_never_overlaps_live_buffers() {
         ("attention_mask", vec![8, 16]),
     ];
     let p = lower(&graph, &shapes, Precision::Fp32, None).unwrap();
+    gpu_accepts(&p);
     p.validate().unwrap();
     // Sum of every arena buffer against the arena: reuse makes it smaller.
     let mut total = 0usize;
@@ -462,6 +484,7 @@ fn torch_exported_bert_programs_match_onnx_runtime() {
         let want = f32s(&want[0]);
         for (mode, tol) in [(Precision::Fp32, 1e-5f32), (Precision::Fp16, 1e-2)] {
             let p = lower(&graph, &shapes, mode, None).unwrap();
+            gpu_accepts(&p);
             assert_eq!(
                 p.steps.iter().filter(|s| s.kind() == "attention").count(),
                 2
@@ -519,6 +542,7 @@ fn int8_gemms_with_lossy_activations_stay_in_fp16() {
     let first = table.tensors.keys().next().unwrap().clone();
     table.tensors.get_mut(&first).unwrap().quant_error = Some(0.5);
     let p = lower(&graph, &shapes, Precision::Int8, Some(&table)).unwrap();
+    gpu_accepts(&p);
     assert_eq!(
         p.steps.iter().filter(|s| s.kind() == "gemm_int8").count(),
         2
