@@ -137,10 +137,7 @@ fn main() {
 
     // --calibration max | percentile:P (INT8 activation ranges; default max: on MiniLM the
     // percentiles clip the large activations BERT depends on, docs/decisions.md).
-    let method = match arg(&args, "--calibration")
-        .as_deref()
-        .unwrap_or("max")
-    {
+    let method = match arg(&args, "--calibration").as_deref().unwrap_or("max") {
         "max" => Method::Max,
         p => match p.strip_prefix("percentile:").and_then(|v| v.parse().ok()) {
             Some(v) => Method::Percentile(v),

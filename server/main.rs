@@ -1,6 +1,7 @@
 //! The `switchyard` binary: parse flags, set up logging, serve until SIGINT/SIGTERM.
 //! `switchyard shadow-report ...` instead reads divergence logs offline (no runtime, no
-//! server; see `switchyard::report`).
+//! server; see `switchyard::report`); `switchyard calibrate ...` makes an INT8 calibration
+//! table (`switchyard::engine::calibrate_cmd`).
 
 use clap::Parser;
 
@@ -10,6 +11,11 @@ fn main() {
         .is_some_and(|a| a == "shadow-report")
     {
         std::process::exit(switchyard::report::main(std::env::args_os().skip(1)));
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "calibrate") {
+        std::process::exit(switchyard::engine::calibrate_cmd::main(
+            std::env::args_os().skip(1),
+        ));
     }
     let args = switchyard::config::Args::parse();
     switchyard::init_tracing(args.log_verbose);

@@ -42,7 +42,8 @@ __device__ void quantize_sym(signed char* q, const T* x, long long n, float scal
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         const float v = roundf(load_f(x, i) / scale);
-        q[i] = (signed char)fminf(fmaxf(v, -127.0f), 127.0f);
+        // NaN quantises to 0, as program_cpu (`NaN as i32`).
+        q[i] = v != v ? (signed char)0 : (signed char)fminf(fmaxf(v, -127.0f), 127.0f);
     }
 }
 

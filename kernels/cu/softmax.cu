@@ -13,9 +13,8 @@ __device__ void softmax_rows(T* y, const T* x, long long cols) {
     float s = 0.0f;
     for (long long c = threadIdx.x; c < cols; c += blockDim.x) s += expf(load_f(x, base + c) - m);
     s = block_sum(s, scratch);
-    const float inv = 1.0f / s;
     for (long long c = threadIdx.x; c < cols; c += blockDim.x)
-        store_f(y, base + c, expf(load_f(x, base + c) - m) * inv);
+        store_f(y, base + c, expf(load_f(x, base + c) - m) / s);
 }
 
 extern "C" __global__ void softmax_f32(float* y, const float* x, long long cols) {

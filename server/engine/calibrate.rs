@@ -223,7 +223,12 @@ pub fn calibrate(
             TensorRange {
                 amax,
                 max_abs: m,
-                quant_error: Some(quant_error(&all, amax)),
+                // A tensor with ±inf or NaN cannot be quantised: the error counts as 100 %.
+                quant_error: Some(
+                    Some(quant_error(&all, amax))
+                        .filter(|e| e.is_finite())
+                        .unwrap_or(1.0),
+                ),
             },
         );
     }

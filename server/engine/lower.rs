@@ -1416,7 +1416,7 @@ impl<'g> Lowerer<'g> {
             Some(&c) => {
                 let t = self.constant(c).ok_or("INT8 Gemm needs a constant C")?;
                 let v = t.as_f32s().ok_or("C must be float32")?;
-                if !(v.len() == n || v.len() == 1) {
+                if !(v.len() == 1 || (v.len() == n && t.shape.last() == Some(&n))) {
                     return Err("INT8 Gemm needs a per-column C".into());
                 }
                 let vals: Vec<f32> = (0..n)

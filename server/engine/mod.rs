@@ -28,6 +28,7 @@
 
 pub mod cache;
 pub mod calibrate;
+pub mod calibrate_cmd;
 pub mod emulate;
 pub mod fold;
 pub mod fuse;

@@ -95,7 +95,8 @@ pub fn assign_with(
             .first()
             .and_then(|&a| table.tensors.get(&graph.values[a].name))
             .and_then(|r| r.quant_error);
-        if error.is_some_and(|e| e > super::calibrate::MAX_QUANT_ERROR) {
+        // NaN (a damaged table) counts as too lossy.
+        if error.is_some_and(|e| e.is_nan() || e > super::calibrate::MAX_QUANT_ERROR) {
             p.compute = Precision::Fp16;
             p.reason = Reason::Int8Inaccurate;
         }

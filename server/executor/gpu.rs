@@ -272,8 +272,11 @@ impl ProgramEngine {
             .map(|i| i.name.as_str())
             .zip(shapes.iter().cloned())
             .collect();
-        lower(&e.graph, &named, e.precision.mode, e.calibration.as_ref())
-            .map_err(|e| ExecError::InvalidInput(e.to_string()))
+        lower(&e.graph, &named, e.precision.mode, e.calibration.as_ref()).map_err(|e| match e {
+            // Shapes the model does not take are the caller's; anything else is ours.
+            crate::engine::EngineError::Input(m) => ExecError::InvalidInput(m),
+            e => ExecError::Run(e.to_string()),
+        })
     }
 
     /// Replaces the arena by one of `bytes` when the current one is smaller (programs built
@@ -285,9 +288,13 @@ impl ProgramEngine {
         if bytes <= gpu.arena_bytes() {
             return Ok(());
         }
+        // Geometric growth: a run of ever longer sequences regrows a few times, not each time.
+        let size = bytes.max(gpu.arena_bytes().saturating_mul(2));
         self.programs.clear();
         self.order.clear();
-        *gpu = GpuEngine::new(device.clone(), bytes).map_err(|e| ExecError::Load(e.to_string()))?;
+        // The old arena and weights go first, so peak memory is the new arena alone.
+        *gpu = GpuEngine::new(device.clone(), 0).map_err(|e| ExecError::Load(e.to_string()))?;
+        *gpu = GpuEngine::new(device.clone(), size).map_err(|e| ExecError::Load(e.to_string()))?;
         Ok(())
     }
 

@@ -450,19 +450,38 @@ pub fn engine_on_cpu(config: &ModelConfig) -> Result<bool, String> {
 /// group, or the CPU runner (`switchyard_engine_cpu`).
 fn engine_target(config: &ModelConfig) -> Result<Option<crate::executor::gpu::Target>, String> {
     use crate::executor::gpu::Target;
-    Ok(
-        match config
-            .instance_group
-            .iter()
-            .find(|g| g.kind == Kind::Gpu as i32)
-        {
-            Some(group) => Some(Target::Gpu(
-                group.gpus.first().map_or(0, |&g| g.max(0) as usize),
-            )),
-            None if engine_on_cpu(config)? => Some(Target::Cpu),
-            None => None,
-        },
-    )
+    let on_cpu = engine_on_cpu(config)?;
+    let gpu_groups: Vec<_> = config
+        .instance_group
+        .iter()
+        .filter(|g| g.kind == Kind::Gpu as i32)
+        .collect();
+    if gpu_groups.is_empty() {
+        return Ok(on_cpu.then_some(Target::Cpu));
+    }
+    // One engine per model version on one device: say so rather than place instances on a
+    // device the config did not ask for.
+    if gpu_groups.len() != config.instance_group.len() {
+        return Err(format!(
+            "model '{}': KIND_GPU and other instance kinds in one model are not supported by Switchyard's engine; use KIND_GPU groups only",
+            config.name
+        ));
+    }
+    let mut gpus: Vec<i32> = gpu_groups
+        .iter()
+        .flat_map(|g| g.gpus.iter().copied())
+        .collect();
+    gpus.sort_unstable();
+    gpus.dedup();
+    if gpus.len() > 1 {
+        return Err(format!(
+            "model '{}': instance groups on several GPUs ({gpus:?}) are not supported yet; Switchyard's engine runs a model's instances on one GPU",
+            config.name
+        ));
+    }
+    Ok(Some(Target::Gpu(
+        gpus.first().map_or(0, |&g| g.max(0) as usize),
+    )))
 }
 
 /// What the first load of a version produced: an ONNX Runtime session, or Switchyard's
@@ -501,12 +520,15 @@ fn gpu_setup(
     plan: GpuPlan,
 ) -> Arc<GpuSetup> {
     let max_batch_size = config.max_batch_size.max(0) as usize;
-    let fixed: Option<Vec<Vec<usize>>> = config
-        .input
+    // In the model's input order (the engine's), each input's shape as it reaches the
+    // engine: the config's `reshape` when set, else its dims.
+    let fixed: Option<Vec<Vec<usize>>> = model
+        .inputs
         .iter()
-        .map(|i| {
-            i.dims
-                .iter()
+        .map(|io| {
+            let cfg = config.input.iter().find(|i| i.name == io.name)?;
+            let dims = cfg.reshape.as_ref().map_or(&cfg.dims, |r| &r.shape);
+            dims.iter()
                 .map(|&d| usize::try_from(d).ok())
                 .collect::<Option<Vec<usize>>>()
         })
@@ -758,6 +780,50 @@ mod tests {
         });
         assert_eq!(select_versions(&c, &avail), vec![2]);
         assert!(select_versions(&c, &[]).is_empty());
+    }
+
+    #[test]
+    fn engine_targets_one_gpu_or_the_cpu_runner() {
+        use crate::executor::gpu::Target;
+        use crate::proto::inference::ModelInstanceGroup;
+        let group = |kind: Kind, gpus: Vec<i32>| ModelInstanceGroup {
+            kind: kind as i32,
+            gpus,
+            count: 1,
+            ..Default::default()
+        };
+        let mut c = ModelConfig {
+            name: "m".into(),
+            instance_group: vec![group(Kind::Cpu, vec![])],
+            ..Default::default()
+        };
+        assert_eq!(engine_target(&c).unwrap(), None);
+        c.parameters.insert(
+            "switchyard_engine_cpu".into(),
+            crate::proto::inference::ModelParameter {
+                string_value: "true".into(),
+            },
+        );
+        assert_eq!(engine_target(&c).unwrap(), Some(Target::Cpu));
+        c.instance_group = vec![group(Kind::Gpu, vec![]), group(Kind::Gpu, vec![])];
+        assert_eq!(engine_target(&c).unwrap(), Some(Target::Gpu(0)));
+        c.instance_group = vec![group(Kind::Gpu, vec![1]), group(Kind::Gpu, vec![1])];
+        assert_eq!(engine_target(&c).unwrap(), Some(Target::Gpu(1)));
+        c.instance_group = vec![group(Kind::Gpu, vec![0, 1])];
+        assert!(engine_target(&c)
+            .unwrap_err()
+            .contains("several GPUs ([0, 1])"));
+        c.instance_group = vec![group(Kind::Gpu, vec![0]), group(Kind::Cpu, vec![])];
+        assert!(engine_target(&c)
+            .unwrap_err()
+            .contains("KIND_GPU and other instance kinds"));
+        c.parameters
+            .get_mut("switchyard_engine_cpu")
+            .unwrap()
+            .string_value = "yes".into();
+        assert!(engine_target(&c)
+            .unwrap_err()
+            .contains("switchyard_engine_cpu = 'yes'"));
     }
 
     #[test]
