@@ -11,9 +11,12 @@ itself is exercised here through tritonclient (gRPC and HTTP) against ONNX Runti
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +30,16 @@ FRAUD_CONFIG = (h.MODEL_REPOSITORY / "fraud_mlp" / "config.pbtxt").read_text()
 ENGINE_CPU = 'parameters { key: "switchyard_engine_cpu" value: { string_value: "true" } }\n'
 ENCODER = h.ROOT / "tests" / "data" / "tiny_encoder.onnx"
 HELDOUT = np.load(h.ROOT / "tests" / "python" / "data" / "fraud_heldout.npy")
+BINARY = h.ROOT / "target" / "release" / "switchyard"
+CALIBRATION_ROWS = 400
+
+
+def calibrate(model: Path, data: list, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    # `switchyard calibrate` on perf_analyzer-style input data.
+    src = out.parent / "calib_input.json"
+    src.write_text(json.dumps({"data": data}))
+    return subprocess.run([str(BINARY), "calibrate", str(model), "--input-data", str(src), "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=120)
 
 
 def fraud_config(name: str, precision: str = "") -> str:
@@ -65,6 +78,15 @@ def server(module_switchyard, tmp_path_factory):
     h.copy_model(repo, "fraud_mlp", versions={"1": 1})
     h.copy_model(repo, "fraud_mlp", "fraud_engine", config=fraud_config("fraud_engine"))
     h.copy_model(repo, "fraud_mlp", "fraud_engine_fp16", config=fraud_config("fraud_engine_fp16", "FP16"))
+    # INT8: the table made by `switchyard calibrate` from the first rows of the held-out set,
+    # written in perf_analyzer's --input-data format.
+    int8 = fraud_config("fraud_engine_int8", "INT8").replace(
+        'value: "INT8" }', 'value: "INT8" } parameters { key: "int8_calibration_table_name" value: "calibration.json" }')
+    h.copy_model(repo, "fraud_mlp", "fraud_engine_int8", config=int8)
+    rows = [{"features": {"content": [float(v) for v in r], "shape": [30]}} for r in HELDOUT[:CALIBRATION_ROWS]]
+    done = calibrate(repo / "fraud_engine_int8" / "1" / "model.onnx", rows, repo / "fraud_engine_int8" / "calibration.json")
+    assert done.returncode == 0, done.stderr
+    assert "3 GEMMs in INT8; 0 stay in FP16" in done.stdout, done.stdout
     for name, engine in [("encoder_ort", False), ("encoder_engine", True)]:
         (repo / name / "1").mkdir(parents=True)
         shutil.copyfile(ENCODER, repo / name / "1" / "model.onnx")
@@ -191,3 +213,34 @@ def test_engine_models_need_no_onnx_runtime(switchyard, tmp_path):
     np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=1e-5, atol=1e-6)
     assert np.array_equal(got["label"].reshape(-1), np.asarray(want["label"]).reshape(-1))
     assert "ONNX Runtime is not available" in srv.log()
+
+
+def test_int8_engine_calibrated_by_switchyard_calibrate_keeps_decisions(server):
+    client = server.client()
+    x = HELDOUT[CALIBRATION_ROWS:]
+    agree = 0
+    for start in range(0, len(x), 200):
+        chunk = x[start: start + 200]
+        got = fraud_infer(client, "fraud_engine_int8", chunk)["label"]
+        want = fraud_infer(client, "fraud_mlp", chunk)["label"]
+        agree += int((got == want).sum())
+    rate = agree / len(x)
+    print(f"fraud_mlp INT8 engine through the server: {rate * 100:.2f} % of labels as ONNX Runtime")
+    assert rate >= 0.99, rate
+
+
+def test_calibrate_refuses_bad_input_data_with_a_reason(tmp_path):
+    model = h.MODEL_REPOSITORY / "fraud_mlp" / "1" / "model.onnx"
+    out = tmp_path / "calibration.json"
+    bad = calibrate(model, [{"wrong_name": [1.0] * 30}], out)
+    assert bad.returncode == 2 and "no input 'features'" in bad.stderr, bad.stderr
+    short = calibrate(model, [{"features": {"content": [1.0] * 29, "shape": [30]}}], out)
+    assert short.returncode == 2 and "holds 30 values, content has 29" in short.stderr, short.stderr
+    method = calibrate(model, [{"features": [1.0] * 30}], out, "--method", "median")
+    assert method.returncode == 2 and "expected max or percentile:P" in method.stderr, method.stderr
+    assert not out.exists()
+    ok = calibrate(model, [{"features": [float(i) for i in range(30)]}], out, "--method", "percentile:99.9")
+    assert ok.returncode == 0, ok.stderr
+    table = json.loads(out.read_text())
+    assert table["format"] == "switchyard-int8-calibration" and table["version"] == 2
+    assert table["method"] == "percentile:99.9" and len(table["tensors"]) == 3
