@@ -942,9 +942,9 @@ impl<'g> Lowerer<'g> {
             return Err("indices must be int64 or int32".into());
         }
         let axis_len = data.shape[ax];
-        if self.g.inputs.contains(&indices) {
+        if let Some(input) = self.source_input(indices) {
             self.index_checks.push(IndexCheck {
-                input: self.g.values[indices].name.clone(),
+                input: self.g.values[input].name.clone(),
                 bound: axis_len,
                 node: node.name.clone(),
             });
@@ -1018,6 +1018,37 @@ impl<'g> Lowerer<'g> {
             return self.define(out, z);
         }
         self.define(out, y)
+    }
+
+    /// The graph input whose values `v` holds unchanged (through Identity, Reshape, Squeeze,
+    /// Unsqueeze, Flatten and integer-to-integer Casts), if any: ids that reach a Gather that
+    /// way are range-checked on the host like ids fed to it directly.
+    fn source_input(&self, mut v: ValueId) -> Option<ValueId> {
+        let integer = |d: DType| matches!(d, DType::I64 | DType::I32);
+        loop {
+            if self.g.inputs.contains(&v) {
+                return Some(v);
+            }
+            let node = self
+                .g
+                .nodes
+                .iter()
+                .find(|n| n.outputs.first() == Some(&v))?;
+            let from = *node.inputs.first()?;
+            let passes = match &node.op {
+                Op::Identity
+                | Op::Reshape { .. }
+                | Op::Squeeze { .. }
+                | Op::Unsqueeze { .. }
+                | Op::Flatten { .. } => true,
+                Op::Cast { to } => integer(*to) && integer(self.g.values[from].dtype),
+                _ => false,
+            };
+            if !passes {
+                return None;
+            }
+            v = from;
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1531,6 +1562,58 @@ impl<'g> Lowerer<'g> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_reshaped_before_a_gather_are_still_checked_on_the_host() {
+        use crate::engine::ir::{Dim, Tensor};
+        let mut g = Graph::default();
+        let ids = g.add_value(
+            "ids",
+            DType::I64,
+            Some(vec![Dim::Sym("batch".into()), Dim::Known(3)]),
+        );
+        g.inputs.push(ids);
+        let table = g.add_constant(
+            "table",
+            Tensor::f32(vec![10, 4], (0..40).map(|i| i as f32).collect()).unwrap(),
+        );
+        let shape = g.add_constant("flat", Tensor::i64(vec![1], vec![-1]).unwrap());
+        let flat = g
+            .add_node(
+                "flatten_ids",
+                Op::Reshape { allowzero: false },
+                vec![ids, shape],
+                vec!["flat_ids".into()],
+            )
+            .unwrap()[0];
+        let cast = g
+            .add_node(
+                "to_i32",
+                Op::Cast { to: DType::I32 },
+                vec![flat],
+                vec!["ids32".into()],
+            )
+            .unwrap()[0];
+        let out = g
+            .add_node(
+                "lookup",
+                Op::Gather { axis: 0 },
+                vec![table, cast],
+                vec!["rows".into()],
+            )
+            .unwrap()[0];
+        g.outputs.push(out);
+        let p = lower(&g, &[("ids", vec![2, 3])], Precision::Fp32, None).unwrap();
+        assert_eq!(p.index_checks.len(), 1, "{:?}", p.index_checks);
+        assert_eq!(p.index_checks[0].input, "ids");
+        assert_eq!(p.index_checks[0].bound, 10);
+        let ids: Vec<u8> = [1i64, 2, 3, 4, 5, 10]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let e = switchyard_kernels::program_cpu::run(&p, &[("ids", &ids)]).unwrap_err();
+        assert!(e.contains("index 10 is out of range"), "{e}");
+    }
 
     #[test]
     fn broadcast_and_merge() {
