@@ -257,30 +257,8 @@ fn dims_of(v: &[i64], what: &str) -> Result<Vec<usize>, String> {
 }
 
 fn erf(x: f32) -> f32 {
-    erf_f64(x as f64) as f32
-}
-
-/// erf by its Maclaurin series in f64. Below |x| = 4 the largest term is about 1e7, so about
-/// 1e-9 absolute accuracy remains, far below f32's resolution; above it erf rounds to ±1 in
-/// f32 (erfc(4) ≈ 1.5e-8).
-fn erf_f64(x: f64) -> f64 {
-    if x.abs() >= 4.0 {
-        return x.signum();
-    }
-    // erf(x) = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1))
-    let x2 = x * x;
-    let mut term = x; // (-1)^n x^(2n+1) / n!
-    let mut sum = x;
-    let mut n = 0.0;
-    while term.abs() > 1e-17 * sum.abs().max(1e-300) || n < 3.0 {
-        n += 1.0;
-        term *= -x2 / n;
-        sum += term / (2.0 * n + 1.0);
-        if n > 200.0 {
-            break;
-        }
-    }
-    sum * 2.0 / std::f64::consts::PI.sqrt()
+    // One series for the reference, the emulation and the CPU runner of programs.
+    switchyard_kernels::program_cpu::erf(x as f64) as f32
 }
 
 fn unary(u: UnaryOp, x: f32) -> f32 {
@@ -1311,35 +1289,16 @@ pub fn eval(op: &Op, x: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         Op::ReduceMean { axes, keepdims } => {
             let a = arg(0)?;
             let v = f32s(a, "input")?;
-            let rank = a.shape.len();
-            let ax: Vec<usize> = match axes {
-                Some(axes) => axes
-                    .iter()
-                    .map(|&x| norm_axis(x, rank))
-                    .collect::<Result<_, _>>()?,
-                None => (0..rank).collect(),
-            };
-            let kept: Vec<usize> = (0..rank)
-                .map(|d| if ax.contains(&d) { 1 } else { a.shape[d] })
-                .collect();
-            let count: usize = ax.iter().map(|&d| a.shape[d]).product();
-            let map = broadcast_map(&a.shape, &kept);
-            let mut sums = vec![0f64; kept.iter().product()];
-            for (i, &m) in map.iter().enumerate() {
-                sums[m] += v[i] as f64;
+            let (shape, map, n) = reduce_map(&a.shape, axes.as_deref(), *keepdims)?;
+            let count = a.len().checked_div(n).unwrap_or(0);
+            let mut sums = vec![0f64; n];
+            for (x, &m) in v.iter().zip(&map) {
+                sums[m] += *x as f64;
             }
             let out: Vec<f32> = sums
                 .iter()
                 .map(|s| (s / count.max(1) as f64) as f32)
                 .collect();
-            let shape = if *keepdims {
-                kept
-            } else {
-                (0..rank)
-                    .filter(|d| !ax.contains(d))
-                    .map(|d| a.shape[d])
-                    .collect()
-            };
             one(Tensor::f32(shape, out)?)
         }
         Op::Softmax { axis, coerce_2d } => {
@@ -1450,9 +1409,9 @@ mod tests {
             (3.5, 0.999_999_256_9),
         ] {
             assert!(
-                (erf_f64(x) - want).abs() < 1e-9,
+                (switchyard_kernels::program_cpu::erf(x) - want).abs() < 1e-9,
                 "erf({x}) = {} want {want}",
-                erf_f64(x)
+                switchyard_kernels::program_cpu::erf(x)
             );
         }
     }
