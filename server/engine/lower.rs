@@ -519,6 +519,35 @@ impl<'g> Lowerer<'g> {
         });
     }
 
+    /// A new contiguous buffer of `shape` holding the strided view `(buf, offset, strides)`:
+    /// one copy step (transposes, broadcasts, slices).
+    fn copy_view(
+        &mut self,
+        buf: Buf,
+        offset: usize,
+        strides: Vec<isize>,
+        shape: &[usize],
+    ) -> R<Buf> {
+        let y = self.new_buf(buf.elem, shape.iter().product());
+        if y.len > 0 {
+            self.elementwise(
+                EwOp::Copy,
+                vec![View {
+                    buf,
+                    offset,
+                    strides,
+                }],
+                View {
+                    buf: y,
+                    offset: 0,
+                    strides: contiguous(shape),
+                },
+                shape,
+            )?;
+        }
+        Ok(y)
+    }
+
     fn elementwise(&mut self, op: EwOp, ins: Vec<View>, out: View, shape: &[usize]) -> R<()> {
         let mut ins = ins;
         let mut out = out;
@@ -704,40 +733,13 @@ impl<'g> Lowerer<'g> {
                 let p: Vec<usize> = perm.clone().unwrap_or_else(|| (0..rank).rev().collect());
                 let own = contiguous(&s.shape);
                 let strides: Vec<isize> = p.iter().map(|&d| own[d]).collect();
-                let y = self.new_buf(s.buf.elem, n_out);
-                self.elementwise(
-                    EwOp::Copy,
-                    vec![View {
-                        buf: s.buf,
-                        offset: 0,
-                        strides,
-                    }],
-                    View {
-                        buf: y,
-                        offset: 0,
-                        strides: contiguous(&out_shape),
-                    },
-                    &out_shape,
-                )?;
+                let y = self.copy_view(s.buf, 0, strides, &out_shape)?;
                 self.define(out, y)
             }
             Op::Expand => {
                 let s = self.value(input(0)?)?;
-                let y = self.new_buf(s.buf.elem, n_out);
-                self.elementwise(
-                    EwOp::Copy,
-                    vec![View {
-                        buf: s.buf,
-                        offset: 0,
-                        strides: broadcast_strides(&s.shape, &out_shape)?,
-                    }],
-                    View {
-                        buf: y,
-                        offset: 0,
-                        strides: contiguous(&out_shape),
-                    },
-                    &out_shape,
-                )?;
+                let strides = broadcast_strides(&s.shape, &out_shape)?;
+                let y = self.copy_view(s.buf, 0, strides, &out_shape)?;
                 self.define(out, y)
             }
             Op::Slice => {
@@ -779,23 +781,7 @@ impl<'g> Lowerer<'g> {
                     }
                     strides[d] = own[d] * steps[j] as isize;
                 }
-                let y = self.new_buf(s.buf.elem, n_out);
-                if n_out > 0 {
-                    self.elementwise(
-                        EwOp::Copy,
-                        vec![View {
-                            buf: s.buf,
-                            offset: offset as usize,
-                            strides,
-                        }],
-                        View {
-                            buf: y,
-                            offset: 0,
-                            strides: contiguous(&out_shape),
-                        },
-                        &out_shape,
-                    )?;
-                }
+                let y = self.copy_view(s.buf, offset as usize, strides, &out_shape)?;
                 self.define(out, y)
             }
             Op::Gather { axis } => {
@@ -1229,21 +1215,7 @@ impl<'g> Lowerer<'g> {
         }
         let mut full = batch_out.to_vec();
         full.extend_from_slice(&s.shape[r - 2..]);
-        let y = self.new_buf(s.buf.elem, full.iter().product());
-        self.elementwise(
-            EwOp::Copy,
-            vec![View {
-                buf: s.buf,
-                offset: 0,
-                strides: broadcast_strides(&s.shape, &full)?,
-            }],
-            View {
-                buf: y,
-                offset: 0,
-                strides: contiguous(&full),
-            },
-            &full,
-        )?;
+        let y = self.copy_view(s.buf, 0, broadcast_strides(&s.shape, &full)?, &full)?;
         Ok((y, mat))
     }
 
