@@ -194,18 +194,7 @@ fn ort_f32_outputs(
 }
 
 fn i64_wire(name: &str, shape: [usize; 2], v: &[i64]) -> NamedTensor {
-    NamedTensor {
-        name: name.into(),
-        tensor: WireTensor {
-            dtype: DataType::Int64,
-            shape: shape.iter().map(|&d| d as i64).collect(),
-            data: v
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        },
-    }
+    common::wire(name, DataType::Int64, &shape, common::i64_bytes(v))
 }
 
 /// The pipeline before the attention and residual-add fusions: import, fold, GELU, GEMM.

@@ -15,47 +15,10 @@ use switchyard::engine::emulate::Emulator;
 use switchyard::engine::ir::{Graph, Tensor};
 use switchyard::engine::precision::{self, Precision};
 use switchyard::engine::{self};
-use switchyard::executor::onnx::{init_runtime, OnnxEngine};
-use switchyard::executor::Engine;
-use switchyard::tensor::{DataType, NamedTensor, Tensor as WireTensor};
+use switchyard::tensor::DataType;
 
 mod common;
-use common::{heldout, ort_library, ROOT};
-
-/// Runs ONNX Runtime and returns each requested output's raw little-endian bytes.
-fn ort(path: &Path, inputs: Vec<NamedTensor>, outputs: &[&str]) -> Vec<Vec<u8>> {
-    init_runtime(&ort_library()).expect("ONNX Runtime must load for this test");
-    let mut session = OnnxEngine::load(path, 1).unwrap();
-    let names: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
-    let out = session.execute(&inputs, &names).unwrap();
-    out.tensors
-        .into_iter()
-        .map(|t| t.tensor.data.to_vec())
-        .collect()
-}
-
-fn wire<T: Copy>(
-    name: &str,
-    dtype: DataType,
-    shape: &[usize],
-    v: &[T],
-    bytes: fn(T) -> Vec<u8>,
-) -> NamedTensor {
-    NamedTensor {
-        name: name.into(),
-        tensor: WireTensor {
-            dtype,
-            shape: shape.iter().map(|&d| d as i64).collect(),
-            data: v.iter().flat_map(|&x| bytes(x)).collect::<Vec<u8>>().into(),
-        },
-    }
-}
-
-fn f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
+use common::{f32_bytes, f32s, heldout, i64_bytes, ort, tokens, wire, ROOT};
 
 /// The emulated engine's labels (the graph's second output) on `rows` of the held-out set.
 fn labels(emu: &Emulator, x: &[f32], rows: usize) -> Vec<i64> {
@@ -80,8 +43,7 @@ fn fraud(version: u32) {
             "features",
             DataType::Fp32,
             &[rows, cols],
-            &x,
-            |v: f32| v.to_le_bytes().to_vec(),
+            f32_bytes(&x),
         )],
         &["label"],
     );
@@ -136,23 +98,6 @@ fn fraud_mlp_v2_fp16_and_int8_decisions_match_onnx_runtime() {
     fraud(2);
 }
 
-/// Deterministic ids in [0, 50) and masks with a varying amount of padding.
-fn tokens(batch: usize, seq: usize, seed: u64) -> (Vec<i64>, Vec<i64>) {
-    let mut state = seed;
-    let ids = (0..batch * seq)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) % 50) as i64
-        })
-        .collect();
-    let mask = (0..batch * seq)
-        .map(|i| i64::from(i % seq < seq - (i / seq) % (seq / 2)))
-        .collect();
-    (ids, mask)
-}
-
 fn encoder_inputs(batch: usize, seq: usize, seed: u64) -> Vec<(&'static str, Tensor)> {
     let (ids, mask) = tokens(batch, seq, seed);
     vec![
@@ -174,17 +119,15 @@ fn tiny_encoder_fp16_and_int8_embeddings_match_onnx_runtime() {
     let graph: Graph = engine::compile(&std::fs::read(&path).unwrap()).unwrap();
     let (batch, seq, h) = (16usize, 12usize, 16usize);
     let (ids, mask) = tokens(batch, seq, 7);
-    let to_bytes = |v: i64| v.to_le_bytes().to_vec();
     let out = ort(
         &path,
         vec![
-            wire("input_ids", DataType::Int64, &[batch, seq], &ids, to_bytes),
+            wire("input_ids", DataType::Int64, &[batch, seq], i64_bytes(&ids)),
             wire(
                 "attention_mask",
                 DataType::Int64,
                 &[batch, seq],
-                &mask,
-                to_bytes,
+                i64_bytes(&mask),
             ),
         ],
         &["embedding"],

@@ -11,7 +11,7 @@ use switchyard::engine::ir::{Graph, Op, Tensor};
 use switchyard::engine::{self, lower, reference};
 use switchyard::executor::onnx::{init_runtime, OnnxEngine};
 use switchyard::executor::Engine;
-use switchyard::tensor::{DataType, NamedTensor, Tensor as WireTensor};
+use switchyard::tensor::{DataType, NamedTensor};
 
 mod common;
 use common::{ort_library, ROOT};
@@ -26,18 +26,7 @@ fn compiled() -> Graph {
 }
 
 fn i64_wire(name: &str, shape: [usize; 2], v: &[i64]) -> NamedTensor {
-    NamedTensor {
-        name: name.into(),
-        tensor: WireTensor {
-            dtype: DataType::Int64,
-            shape: shape.iter().map(|&d| d as i64).collect(),
-            data: v
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        },
-    }
+    common::wire(name, DataType::Int64, &shape, common::i64_bytes(v))
 }
 
 /// Deterministic ids in [0, 100), token types in {0, 1}, and a mask padding row r by
