@@ -369,17 +369,18 @@ impl Engine for ProgramEngine {
             bucket_for(&self.buckets, batch).filter(|&b| b != batch)
         };
         let mut shapes = Vec::with_capacity(ordered.len());
-        let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(ordered.len());
+        // Borrowed unless padded: no copy of a request's inputs on the way to the staging buffers.
+        let mut bytes: Vec<std::borrow::Cow<'_, [u8]>> = Vec::with_capacity(ordered.len());
         for t in &ordered {
             let mut s: Vec<usize> = t.shape.iter().map(|&d| d.max(0) as usize).collect();
             match padded {
                 Some(rows) => {
-                    bytes.push(pad_rows(t, rows));
+                    bytes.push(std::borrow::Cow::Owned(pad_rows(t, rows)));
                     if let Some(first) = s.first_mut() {
                         *first = rows;
                     }
                 }
-                None => bytes.push(t.data.to_vec()),
+                None => bytes.push(std::borrow::Cow::Borrowed(&t.data[..])),
             }
             shapes.push(s);
         }
@@ -397,7 +398,7 @@ impl Engine for ProgramEngine {
             .inputs
             .iter()
             .map(|i| i.name.as_str())
-            .zip(bytes.iter().map(Vec::as_slice))
+            .zip(bytes.iter().map(|b| &b[..]))
             .collect();
         let t1 = Instant::now();
         let outs = match program {
