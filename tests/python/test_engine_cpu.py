@@ -125,15 +125,19 @@ def test_fp32_engine_answers_as_onnx_runtime_at_every_batch_size(server, http):
         assert np.array_equal(got["label"], want["label"]), rows
 
 
-def test_fp16_engine_decisions_match_onnx_runtime_on_the_held_out_set(server):
-    client = server.client()
+def label_agreement(client, model: str, x: np.ndarray, chunk: int) -> float:
+    """Share of `x`'s rows where `model` decides as fraud_mlp on ONNX Runtime."""
     agree = 0
-    for start in range(0, len(HELDOUT), 250):
-        x = HELDOUT[start: start + 250]
-        got = fraud_infer(client, "fraud_engine_fp16", x)["label"]
-        want = fraud_infer(client, "fraud_mlp", x)["label"]
+    for start in range(0, len(x), chunk):
+        rows = x[start: start + chunk]
+        got = fraud_infer(client, model, rows)["label"]
+        want = fraud_infer(client, "fraud_mlp", rows)["label"]
         agree += int((got == want).sum())
-    rate = agree / len(HELDOUT)
+    return agree / len(x)
+
+
+def test_fp16_engine_decisions_match_onnx_runtime_on_the_held_out_set(server):
+    rate = label_agreement(server.client(), "fraud_engine_fp16", HELDOUT, 250)
     print(f"fraud_mlp FP16 engine through the server: {rate * 100:.2f} % of labels as ONNX Runtime")
     assert rate >= 0.999, rate
 
@@ -216,15 +220,7 @@ def test_engine_models_need_no_onnx_runtime(switchyard, tmp_path):
 
 
 def test_int8_engine_calibrated_by_switchyard_calibrate_keeps_decisions(server):
-    client = server.client()
-    x = HELDOUT[CALIBRATION_ROWS:]
-    agree = 0
-    for start in range(0, len(x), 200):
-        chunk = x[start: start + 200]
-        got = fraud_infer(client, "fraud_engine_int8", chunk)["label"]
-        want = fraud_infer(client, "fraud_mlp", chunk)["label"]
-        agree += int((got == want).sum())
-    rate = agree / len(x)
+    rate = label_agreement(server.client(), "fraud_engine_int8", HELDOUT[CALIBRATION_ROWS:], 200)
     print(f"fraud_mlp INT8 engine through the server: {rate * 100:.2f} % of labels as ONNX Runtime")
     assert rate >= 0.99, rate
 
